@@ -1,0 +1,249 @@
+//! The payment bounded context.
+//!
+//! Order calls `rentcar:payment/payments` synchronously to approve or cancel
+//! the payment of an order; every change is published on the `payment` topic
+//! with the order id as key. A reservation that rentcar rejects refunds the
+//! payment. HTTP: `GET /payments`, `GET /payments?orderId=..`,
+//! `GET /payments/{id}`.
+
+#![allow(
+    unsafe_code,
+    reason = "the export glue that wit-bindgen generates is unsafe"
+)]
+
+use rentcar_sdk::db::{self, Row};
+use rentcar_sdk::{Request, Response, publish};
+use serde::{Deserialize, Serialize};
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "rentcar:host/payment",
+    with: {
+        "rentcar:host/sql@0.1.0": rentcar_sdk::bindings::rentcar::host::sql,
+        "rentcar:host/events@0.1.0": rentcar_sdk::bindings::rentcar::host::events,
+        "wasi:config/store@0.2.0-rc.1": rentcar_sdk::bindings::wasi::config::store,
+    },
+});
+
+use exports::rentcar::host::event_handler::{self, Event};
+use exports::rentcar::host::lifecycle;
+use exports::rentcar::payment::payments::{self, CallError, Payment, PaymentStatus};
+
+const TOPIC: &str = "payment";
+
+struct Component;
+
+impl lifecycle::Guest for Component {
+    fn init() -> Result<(), String> {
+        db::migrate(&[
+            "CREATE TABLE payments (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                order_id INTEGER NOT NULL,
+                car_id INTEGER NOT NULL,
+                qty INTEGER NOT NULL,
+                customer TEXT NOT NULL,
+                status TEXT NOT NULL
+            )",
+            "CREATE INDEX payments_by_order ON payments (order_id)",
+        ])
+        .map_err(|err| err.to_string())
+    }
+}
+
+impl payments::Guest for Component {
+    fn approve(
+        order_id: u64,
+        car_id: u64,
+        qty: u32,
+        customer: String,
+    ) -> Result<Payment, CallError> {
+        if qty == 0 {
+            return Err(CallError::Invalid("qty must be at least 1".into()));
+        }
+        let changes = db::execute(
+            "INSERT INTO payments (order_id, car_id, qty, customer, status) VALUES (?, ?, ?, ?, 'APPROVED')",
+            &[order_id.into(), car_id.into(), qty.into(), customer.as_str().into()],
+        )
+        .map_err(internal)?;
+        let payment = Payment {
+            id: changes.last_insert_id as u64,
+            order_id,
+            car_id,
+            qty,
+            customer,
+            status: PaymentStatus::Approved,
+        };
+        announce("PaymentApproved", &payment)?;
+        Ok(payment)
+    }
+
+    fn cancel(payment_id: u64) -> Result<Payment, CallError> {
+        let mut payment = find(payment_id)?.ok_or(CallError::NotFound)?;
+        if payment.status != PaymentStatus::Approved {
+            return Err(CallError::Conflict(format!(
+                "payment {payment_id} is {}",
+                status_name(payment.status)
+            )));
+        }
+        set_status(payment_id, PaymentStatus::Cancelled)?;
+        payment.status = PaymentStatus::Cancelled;
+        announce("PaymentCancelled", &payment)?;
+        Ok(payment)
+    }
+
+    fn lookup(payment_id: u64) -> Result<Payment, CallError> {
+        find(payment_id)?.ok_or(CallError::NotFound)
+    }
+}
+
+/// Rentcar's answer to a `PaymentApproved` it could not honour.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReservationRejected {
+    order_id: u64,
+}
+
+impl event_handler::Guest for Component {
+    fn handle(event: Event) -> Result<(), String> {
+        if event.event_type != "ReservationRejected" {
+            return Ok(());
+        }
+        let rejected: ReservationRejected =
+            serde_json::from_str(&event.payload).map_err(|err| err.to_string())?;
+        let row = db::query_row(
+            &format!("{SELECT} WHERE order_id = ? AND status = 'APPROVED'"),
+            &[rejected.order_id.into()],
+        )
+        .map_err(|err| err.to_string())?;
+        // A payment cancelled meanwhile has nothing left to refund.
+        if let Some(mut payment) = row.map(from_row) {
+            set_status(payment.id, PaymentStatus::Refunded).map_err(|err| format!("{err:?}"))?;
+            payment.status = PaymentStatus::Refunded;
+            announce("PaymentRefunded", &payment).map_err(|err| format!("{err:?}"))?;
+        }
+        Ok(())
+    }
+}
+
+const SELECT: &str = "SELECT id, order_id, car_id, qty, customer, status FROM payments";
+
+fn find(payment_id: u64) -> Result<Option<Payment>, CallError> {
+    let row =
+        db::query_row(&format!("{SELECT} WHERE id = ?"), &[payment_id.into()]).map_err(internal)?;
+    Ok(row.map(from_row))
+}
+
+fn set_status(payment_id: u64, status: PaymentStatus) -> Result<(), CallError> {
+    db::execute(
+        "UPDATE payments SET status = ? WHERE id = ?",
+        &[status_name(status).into(), payment_id.into()],
+    )
+    .map_err(internal)?;
+    Ok(())
+}
+
+fn from_row(row: Row) -> Payment {
+    Payment {
+        id: row.int(0) as u64,
+        order_id: row.int(1) as u64,
+        car_id: row.int(2) as u64,
+        qty: row.int(3) as u32,
+        customer: row.text(4),
+        status: match row.text(5).as_str() {
+            "CANCELLED" => PaymentStatus::Cancelled,
+            "REFUNDED" => PaymentStatus::Refunded,
+            _ => PaymentStatus::Approved,
+        },
+    }
+}
+
+fn status_name(status: PaymentStatus) -> &'static str {
+    match status {
+        PaymentStatus::Approved => "APPROVED",
+        PaymentStatus::Cancelled => "CANCELLED",
+        PaymentStatus::Refunded => "REFUNDED",
+    }
+}
+
+fn internal(err: db::Error) -> CallError {
+    CallError::Unavailable(err.to_string())
+}
+
+/// The JSON shape of a payment, in the API and in events.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PaymentJson<'a> {
+    id: u64,
+    order_id: u64,
+    car_id: u64,
+    qty: u32,
+    customer: &'a str,
+    status: &'static str,
+}
+
+impl<'a> From<&'a Payment> for PaymentJson<'a> {
+    fn from(payment: &'a Payment) -> Self {
+        PaymentJson {
+            id: payment.id,
+            order_id: payment.order_id,
+            car_id: payment.car_id,
+            qty: payment.qty,
+            customer: &payment.customer,
+            status: status_name(payment.status),
+        }
+    }
+}
+
+fn announce(event_type: &str, payment: &Payment) -> Result<(), CallError> {
+    let key = payment.order_id.to_string();
+    publish(TOPIC, &key, event_type, &PaymentJson::from(payment)).map_err(CallError::Unavailable)
+}
+
+impl wasip2::exports::http::incoming_handler::Guest for Component {
+    fn handle(
+        request: wasip2::http::types::IncomingRequest,
+        out: wasip2::http::types::ResponseOutparam,
+    ) {
+        rentcar_sdk::serve(request, out, route);
+    }
+}
+
+fn route(request: Request) -> Response {
+    match (request.method.as_str(), request.segments().as_slice()) {
+        ("GET", ["payments"]) => list(&request),
+        ("GET", ["payments", id]) => match id.parse::<u64>() {
+            Ok(id) => match find(id) {
+                Ok(Some(payment)) => Response::json(200, &PaymentJson::from(&payment)),
+                Ok(None) => Response::not_found(&format!("no payment {id}")),
+                Err(err) => Response::internal(&format!("{err:?}")),
+            },
+            Err(_) => Response::bad_request("payment id must be a positive integer"),
+        },
+        (_, ["payments", ..]) => Response::method_not_allowed(),
+        _ => Response::not_found("no such route"),
+    }
+}
+
+fn list(request: &Request) -> Response {
+    let rows = match request.query_param("orderId") {
+        Some(order_id) => match order_id.parse::<u64>() {
+            Ok(order_id) => db::query(
+                &format!("{SELECT} WHERE order_id = ? ORDER BY id"),
+                &[order_id.into()],
+            ),
+            Err(_) => return Response::bad_request("orderId must be a positive integer"),
+        },
+        None => db::query(&format!("{SELECT} ORDER BY id"), &[]),
+    };
+    match rows {
+        Ok(rows) => {
+            let payments: Vec<Payment> = rows.into_iter().map(from_row).collect();
+            let json: Vec<PaymentJson> = payments.iter().map(PaymentJson::from).collect();
+            Response::json(200, &json)
+        }
+        Err(err) => Response::internal(&err.to_string()),
+    }
+}
+
+export!(Component);
+wasip2::http::proxy::export!(Component);

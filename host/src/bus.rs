@@ -1,0 +1,222 @@
+//! The event log: a durable, ordered record of every committed event, and
+//! the position of every consumer in it.
+//!
+//! [`EventBus`] is the seam for other backends (Kafka): components never see
+//! it; the relay appends to it and the dispatchers read from it. The embedded
+//! backend, [`SqliteBus`], keeps the log in one SQLite file (`bus.db`).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::watch;
+
+/// An event as the log stores and delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Unique forever (UUIDv7): appending the same id twice stores it once.
+    pub id: String,
+    pub topic: String,
+    /// Correlation key; events with one key are delivered in log order.
+    pub key: String,
+    pub event_type: String,
+    /// The publishing component.
+    pub source: String,
+    /// Milliseconds since the Unix epoch.
+    pub time: u64,
+    pub schema_version: u32,
+    /// JSON document.
+    pub payload: String,
+}
+
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Appends events in order; an event whose id is already in the log is
+    /// skipped, so the relay may safely append a batch twice.
+    async fn append(&self, events: &[Envelope]) -> anyhow::Result<()>;
+    /// Up to `limit` events of `topic` after `position`, oldest first, each
+    /// with its own position.
+    async fn read(
+        &self,
+        topic: &str,
+        position: u64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(u64, Envelope)>>;
+    /// Where `consumer` stands in `topic`: everything up to it is delivered.
+    async fn position(&self, consumer: &str, topic: &str) -> anyhow::Result<u64>;
+    async fn commit(&self, consumer: &str, topic: &str, position: u64) -> anyhow::Result<()>;
+    /// Changes whenever events are appended.
+    fn watch(&self) -> watch::Receiver<u64>;
+}
+
+pub struct SqliteBus {
+    conn: Mutex<Connection>,
+    appended: watch::Sender<u64>,
+}
+
+impl SqliteBus {
+    pub fn open(path: &Path) -> anyhow::Result<SqliteBus> {
+        let conn = Connection::open(path)
+            .with_context(|| format!("failed to open event log {}", path.display()))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             CREATE TABLE IF NOT EXISTS events (
+                 position INTEGER PRIMARY KEY AUTOINCREMENT,
+                 id TEXT NOT NULL UNIQUE,
+                 topic TEXT NOT NULL,
+                 key TEXT NOT NULL,
+                 type TEXT NOT NULL,
+                 source TEXT NOT NULL,
+                 time INTEGER NOT NULL,
+                 schema_version INTEGER NOT NULL,
+                 payload TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS events_by_topic ON events (topic, position);
+             CREATE TABLE IF NOT EXISTS positions (
+                 consumer TEXT NOT NULL,
+                 topic TEXT NOT NULL,
+                 position INTEGER NOT NULL,
+                 PRIMARY KEY (consumer, topic)
+             ) WITHOUT ROWID;",
+        )
+        .with_context(|| format!("failed to prepare event log {}", path.display()))?;
+        let last: u64 =
+            conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
+                row.get(0)
+            })?;
+        Ok(SqliteBus {
+            conn: Mutex::new(conn),
+            appended: watch::Sender::new(last),
+        })
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<R>) -> anyhow::Result<R> {
+        // A panic while holding this lock is a host bug; keep going with the
+        // connection, which SQLite keeps consistent on its own.
+        let mut conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(f(&mut conn)?)
+    }
+}
+
+#[async_trait]
+impl EventBus for SqliteBus {
+    async fn append(&self, events: &[Envelope]) -> anyhow::Result<()> {
+        let last = self.with(|conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO events (id, topic, key, type, source, time, schema_version, payload)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )?;
+                for e in events {
+                    insert.execute(params![
+                        e.id, e.topic, e.key, e.event_type, e.source, e.time, e.schema_version, e.payload
+                    ])?;
+                }
+            }
+            let last: u64 = tx.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| row.get(0))?;
+            tx.commit()?;
+            Ok(last)
+        })?;
+        self.appended.send_replace(last);
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        topic: &str,
+        position: u64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(u64, Envelope)>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT position, id, topic, key, type, source, time, schema_version, payload
+                 FROM events WHERE topic = ? AND position > ? ORDER BY position LIMIT ?",
+            )?;
+            let rows = stmt.query_map(params![topic, position, limit as u64], |row| {
+                Ok((
+                    row.get(0)?,
+                    Envelope {
+                        id: row.get(1)?,
+                        topic: row.get(2)?,
+                        key: row.get(3)?,
+                        event_type: row.get(4)?,
+                        source: row.get(5)?,
+                        time: row.get(6)?,
+                        schema_version: row.get(7)?,
+                        payload: row.get(8)?,
+                    },
+                ))
+            })?;
+            rows.collect()
+        })
+    }
+
+    async fn position(&self, consumer: &str, topic: &str) -> anyhow::Result<u64> {
+        self.with(|conn| {
+            conn.prepare_cached("SELECT position FROM positions WHERE consumer = ? AND topic = ?")?
+                .query_row(params![consumer, topic], |row| row.get(0))
+                .optional()
+                .map(|position| position.unwrap_or(0))
+        })
+    }
+
+    async fn commit(&self, consumer: &str, topic: &str, position: u64) -> anyhow::Result<()> {
+        self.with(|conn| {
+            conn.prepare_cached(
+                "INSERT INTO positions (consumer, topic, position) VALUES (?, ?, ?)
+                 ON CONFLICT (consumer, topic) DO UPDATE SET position = excluded.position",
+            )?
+            .execute(params![consumer, topic, position])
+            .map(drop)
+        })
+    }
+
+    fn watch(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, topic: &str) -> Envelope {
+        Envelope {
+            id: id.into(),
+            topic: topic.into(),
+            key: "1".into(),
+            event_type: "Test".into(),
+            source: "test".into(),
+            time: 0,
+            schema_version: 1,
+            payload: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_once_and_reads_by_topic() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let bus = SqliteBus::open(&dir.path().join("bus.db"))?;
+        bus.append(&[event("a", "t"), event("b", "u"), event("c", "t")])
+            .await?;
+        bus.append(&[event("c", "t")]).await?;
+        let read = bus.read("t", 0, 10).await?;
+        assert_eq!(
+            read.iter().map(|(_, e)| e.id.as_str()).collect::<Vec<_>>(),
+            ["a", "c"]
+        );
+        assert_eq!(bus.read("t", read[0].0, 10).await?.len(), 1);
+        assert_eq!(bus.position("view", "t").await?, 0);
+        bus.commit("view", "t", 3).await?;
+        assert_eq!(bus.position("view", "t").await?, 3);
+        assert_eq!(*bus.watch().borrow(), 3);
+        Ok(())
+    }
+}

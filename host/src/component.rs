@@ -1,0 +1,212 @@
+//! A loaded component: compiled once, pre-instantiated once, instantiated
+//! fresh in its own `Store` for every invocation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use anyhow::{Context as _, anyhow};
+use tokio::sync::Notify;
+use wasmtime::component::{Component, Instance, InstancePre};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi_config::WasiConfigVariables;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::bindings::{event_handler, lifecycle};
+use crate::config::Limits;
+use crate::database::{Database, Transaction};
+use crate::invocation::Invocation;
+
+/// The trap a guest gets when its invocation outlives its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("the invocation exceeded its deadline")]
+pub struct DeadlineExceeded;
+
+impl DeadlineExceeded {
+    /// Whether `err` (a trap, a failed call) comes from a missed deadline.
+    pub fn caused(err: &anyhow::Error) -> bool {
+        err.chain().any(|cause| cause.is::<DeadlineExceeded>())
+    }
+}
+
+/// What stays with a component's name across versions: its database, its
+/// configuration and the relay's wake-up call.
+pub struct Slot {
+    pub name: Arc<str>,
+    pub db: Arc<Database>,
+    pub config: Arc<WasiConfigVariables>,
+    pub limits: Limits,
+    /// Woken after every commit that published events.
+    pub relay: Notify,
+}
+
+/// One loaded version of a component.
+pub struct Loaded {
+    pub slot: Arc<Slot>,
+    pre: InstancePre<Invocation>,
+    /// Present when the component exports `wasi:http/incoming-handler`.
+    pub proxy: Option<ProxyPre<Invocation>>,
+    event_handler: Option<event_handler::GuestIndices>,
+    lifecycle: Option<lifecycle::GuestIndices>,
+}
+
+impl Loaded {
+    pub fn new(slot: Arc<Slot>, pre: InstancePre<Invocation>) -> Loaded {
+        Loaded {
+            slot,
+            proxy: ProxyPre::new(pre.clone()).ok(),
+            event_handler: event_handler::GuestIndices::new(&pre).ok(),
+            lifecycle: lifecycle::GuestIndices::new(&pre).ok(),
+            pre,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.slot.name
+    }
+
+    pub fn component(&self) -> &Component {
+        self.pre.component()
+    }
+
+    pub fn handles_events(&self) -> bool {
+        self.event_handler.is_some()
+    }
+
+    pub fn engine(&self) -> &Engine {
+        self.pre.engine()
+    }
+
+    /// A fresh store for one invocation, with the component's memory limit
+    /// and deadline. The guest yields to the runtime at every epoch tick and
+    /// traps with [`DeadlineExceeded`] once the deadline has passed.
+    pub fn store(&self) -> Store<Invocation> {
+        let slot = &self.slot;
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(slot.limits.memory_bytes())
+            .trap_on_grow_failure(false)
+            .build();
+        let invocation = Invocation::new(
+            slot.name.clone(),
+            Transaction::new(slot.db.clone()),
+            limits,
+            slot.config.clone(),
+        );
+        let mut store = Store::new(self.engine(), invocation);
+        store.limiter(|invocation| &mut invocation.limits);
+        let deadline = Instant::now() + slot.limits.timeout();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(DeadlineExceeded.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+
+    pub async fn instantiate(&self, store: &mut Store<Invocation>) -> anyhow::Result<Instance> {
+        Ok(self.pre.instantiate_async(store).await?)
+    }
+
+    /// Ends an invocation: commits if `ok`, rolls back otherwise, and wakes
+    /// the relay when committed events are waiting in the outbox.
+    pub fn finish(&self, store: &mut Store<Invocation>, ok: bool) -> anyhow::Result<()> {
+        let txn = &mut store.data_mut().txn;
+        if !ok {
+            txn.rollback();
+            return Ok(());
+        }
+        if txn.commit()? > 0 {
+            self.slot.relay.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Runs the component's `init` export, if it has one, in a transaction.
+    pub async fn init(&self) -> anyhow::Result<()> {
+        let Some(indices) = &self.lifecycle else {
+            return Ok(());
+        };
+        let mut store = self.store();
+        let instance = self.instantiate(&mut store).await?;
+        let lifecycle = indices.load(&mut store, &instance)?;
+        match lifecycle.call_init(&mut store).await? {
+            Ok(()) => self.finish(&mut store, true),
+            Err(message) => Err(anyhow!("init failed: {message}")),
+        }
+    }
+
+    /// Delivers one event to the component's `event-handler` in its own
+    /// transaction, together with the inbox row that makes it idempotent.
+    /// Returns `false` when the inbox shows the event was applied already.
+    pub async fn deliver(&self, event: &event_handler::Event) -> anyhow::Result<bool> {
+        let indices = self
+            .event_handler
+            .as_ref()
+            .context("component exports no event-handler")?;
+        let mut store = self.store();
+        let instance = self.instantiate(&mut store).await?;
+        let handler = indices.load(&mut store, &instance)?;
+        let txn = &mut store.data_mut().txn;
+        let seen = txn
+            .conn()
+            .await?
+            .prepare_cached("SELECT 1 FROM _rc_inbox WHERE event_id = ?")?
+            .exists([&event.id])?;
+        if seen {
+            return Ok(false);
+        }
+        handler
+            .call_handle(&mut store, event)
+            .await?
+            .map_err(|message| anyhow!("handler failed: {message}"))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        store
+            .data_mut()
+            .txn
+            .conn()
+            .await?
+            .prepare_cached("INSERT INTO _rc_inbox (event_id, received_at) VALUES (?, ?)")?
+            .execute(rusqlite::params![event.id, now])?;
+        self.finish(&mut store, true)?;
+        Ok(true)
+    }
+}
+
+/// The components running now, by name. Invocations look their component up
+/// here each time, so that a new version can take over between two of them.
+#[derive(Default)]
+pub struct Registry {
+    components: RwLock<HashMap<String, Arc<Loaded>>>,
+}
+
+impl Registry {
+    pub fn get(&self, name: &str) -> Option<Arc<Loaded>> {
+        self.components
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn insert(&self, loaded: Arc<Loaded>) {
+        let name = loaded.name().to_string();
+        self.components
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, loaded);
+    }
+
+    pub fn all(&self) -> Vec<Arc<Loaded>> {
+        self.components
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}

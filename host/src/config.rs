@@ -1,0 +1,364 @@
+//! `runtime.toml`: what runs, where its routes are and what it may reach.
+//!
+//! The file is parsed into these structs once, validated as a whole (so that
+//! every mistake is reported before the port is bound), and shared as
+//! `Arc<Config>`. Relative paths are resolved against the file's directory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors in the configuration, each telling what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    /// The components to load, by name. The name is also the name of the
+    /// component's database file and of the source of its events.
+    pub components: BTreeMap<String, ComponentConfig>,
+    /// Synchronous calls a component may make into another one.
+    #[serde(default)]
+    pub links: Vec<Link>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Address to listen on; `--listen` overrides it.
+    pub listen: SocketAddr,
+    /// Where the databases and the event log live; `--data-dir` overrides it.
+    pub data_dir: PathBuf,
+    /// Where compiled components are cached, by content digest. Defaults to
+    /// `<data_dir>/cache`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            // A literal, valid socket address.
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            data_dir: PathBuf::from("data"),
+            cache_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    /// The component's `.wasm` file.
+    pub path: PathBuf,
+    /// Path prefixes routed to the component, e.g. `/orders`: a request goes
+    /// to the component with the longest prefix matching its path.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Topics whose events are delivered to the component's `event-handler`.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Values the component reads through `wasi:config/store`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Sandbox limits of every instance of the component.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest linear memory an instance may grow to, in MiB.
+    pub memory_mib: u32,
+    /// Deadline of one invocation (HTTP request, call or event), in ms.
+    pub timeout_ms: u64,
+    /// Largest request body accepted, in bytes (413 above it).
+    pub max_request_bytes: usize,
+    /// Largest response body a component may produce, in bytes.
+    pub max_response_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mib: 64,
+            timeout_ms: 10_000,
+            max_request_bytes: 1024 * 1024,
+            max_response_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_mib as usize * 1024 * 1024
+    }
+}
+
+/// A synchronous link: `from` imports `interface` and the host satisfies the
+/// import by calling into a fresh instance of `to`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub from: String,
+    pub to: String,
+    /// Fully qualified WIT interface, e.g. `rentcar:payment/payments@0.1.0`.
+    pub interface: String,
+    /// How long the caller waits for the callee, in ms.
+    #[serde(default = "default_link_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_link_timeout_ms() -> u64 {
+    5_000
+}
+
+impl Link {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// Paths the host keeps for itself.
+const RESERVED_PREFIXES: &[&str] = &["/admin", "/healthz", "/readyz", "/metrics"];
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|err| match err {
+            ConfigError::Invalid(message) => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text; relative paths are resolved
+    /// against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|err| ConfigError::Invalid(err.to_string()))?;
+        for component in config.components.values_mut() {
+            component.path = base.join(&component.path);
+        }
+        config.server.data_dir = base.join(&config.server.data_dir);
+        if let Some(cache_dir) = &mut config.server.cache_dir {
+            *cache_dir = base.join(&*cache_dir);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if self.components.is_empty() {
+            return invalid("no components: add at least one [components.NAME] table".into());
+        }
+        let mut routes = BTreeMap::new();
+        for (name, component) in &self.components {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return invalid(format!(
+                    "component name `{name}` must be letters, digits, `-` or `_`"
+                ));
+            }
+            for route in &component.routes {
+                if !route.starts_with('/') || route.len() < 2 || route.ends_with('/') {
+                    return invalid(format!(
+                        "route `{route}` of component `{name}` must start with `/` and not end with `/`, e.g. `/orders`"
+                    ));
+                }
+                if let Some(reserved) = RESERVED_PREFIXES
+                    .iter()
+                    .find(|p| route == *p || route.starts_with(&format!("{p}/")))
+                {
+                    return invalid(format!(
+                        "route `{route}` of component `{name}` is under `{reserved}`, which the host keeps for itself"
+                    ));
+                }
+                if let Some(other) = routes.insert(route.clone(), name.clone()) {
+                    return invalid(format!(
+                        "route `{route}` is claimed by both `{other}` and `{name}`"
+                    ));
+                }
+            }
+            for topic in &component.subscribe {
+                if topic.is_empty() {
+                    return invalid(format!(
+                        "component `{name}` subscribes to an empty topic name"
+                    ));
+                }
+            }
+            let limits = component.limits;
+            if limits.memory_mib == 0
+                || limits.timeout_ms == 0
+                || limits.max_request_bytes == 0
+                || limits.max_response_bytes == 0
+            {
+                return invalid(format!(
+                    "limits of component `{name}` must all be greater than zero"
+                ));
+            }
+        }
+        for link in &self.links {
+            for end in [&link.from, &link.to] {
+                if !self.components.contains_key(end) {
+                    return invalid(format!(
+                        "link {} -> {} names `{end}`, which is not a component",
+                        link.from, link.to
+                    ));
+                }
+            }
+            if link.timeout_ms == 0 {
+                return invalid(format!(
+                    "link {} -> {} needs a timeout_ms above zero",
+                    link.from, link.to
+                ));
+            }
+        }
+        self.check_links_acyclic()
+    }
+
+    /// A caller holds its database during a call, so a cycle of links
+    /// (order -> payment -> order) would wait on itself.
+    fn check_links_acyclic(&self) -> Result<(), ConfigError> {
+        fn visit<'a>(
+            node: &'a str,
+            edges: &BTreeMap<&'a str, BTreeSet<&'a str>>,
+            path: &mut Vec<&'a str>,
+        ) -> Result<(), ConfigError> {
+            if let Some(start) = path.iter().position(|n| *n == node) {
+                let cycle = path[start..].join(" -> ");
+                return Err(ConfigError::Invalid(format!(
+                    "links form a cycle: {cycle} -> {node}"
+                )));
+            }
+            path.push(node);
+            for next in edges.get(node).into_iter().flatten() {
+                visit(next, edges, path)?;
+            }
+            path.pop();
+            Ok(())
+        }
+        let mut edges: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for link in &self.links {
+            edges.entry(&link.from).or_default().insert(&link.to);
+        }
+        for node in edges.keys() {
+            visit(node, &edges, &mut Vec::new())?;
+        }
+        Ok(())
+    }
+
+    /// Where compiled components are cached.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.server
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.server.data_dir.join("cache"))
+    }
+
+    /// The component that serves `path`: the longest matching prefix.
+    pub fn route(&self, path: &str) -> Option<&str> {
+        self.components
+            .iter()
+            .flat_map(|(name, component)| component.routes.iter().map(move |route| (route, name)))
+            .filter(|(route, _)| {
+                path.strip_prefix(route.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+            .max_by_key(|(route, _)| route.len())
+            .map(|(_, name)| name.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/base"))
+    }
+
+    #[test]
+    fn routes_by_longest_prefix() {
+        let config = parse(
+            r#"
+            [components.a]
+            path = "a.wasm"
+            routes = ["/cars"]
+            [components.b]
+            path = "b.wasm"
+            routes = ["/cars/special"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.route("/cars"), Some("a"));
+        assert_eq!(config.route("/cars/1"), Some("a"));
+        assert_eq!(config.route("/cars/special/1"), Some("b"));
+        assert_eq!(config.route("/carsx"), None);
+        assert_eq!(config.components["a"].path, Path::new("/base/a.wasm"));
+    }
+
+    #[test]
+    fn rejects_cycles_and_unknown_fields() {
+        let cycle = parse(
+            r#"
+            [components.a]
+            path = "a.wasm"
+            [components.b]
+            path = "b.wasm"
+            [[links]]
+            from = "a"
+            to = "b"
+            interface = "x:y/z"
+            [[links]]
+            from = "b"
+            to = "a"
+            interface = "x:y/z"
+            "#,
+        );
+        assert!(
+            cycle
+                .unwrap_err()
+                .to_string()
+                .contains("cycle: a -> b -> a")
+        );
+        let unknown = parse("[components.a]\npath = \"a.wasm\"\nroutez = []\n");
+        assert!(
+            unknown
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field `routez`")
+        );
+    }
+}

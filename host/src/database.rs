@@ -1,0 +1,217 @@
+//! Each component's private SQLite database, and the transaction every
+//! invocation runs in.
+//!
+//! A database has exactly one connection, owned by an async mutex. An
+//! invocation takes the mutex on its first statement and keeps it until it
+//! commits or rolls back, so invocations of one component wait for their
+//! write turn asynchronously and no worker thread ever sits in SQLite's
+//! `busy_timeout`. Statements run inline on the worker that holds the mutex:
+//! they are short, and in WAL mode with `synchronous=NORMAL` a commit does
+//! not wait for the disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use rusqlite::Connection;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// Host tables in every component database: their names start with this
+/// prefix, and a guest statement that mentions it is refused.
+pub const HOST_TABLE_PREFIX: &str = "_rc_";
+
+/// Host-owned schema, applied in order and tracked by `PRAGMA user_version`.
+/// The guest's own tables are migrated by its `init` export.
+const MIGRATIONS: &[&str] = &[
+    // The transactional outbox: rows written in the invocation's transaction,
+    // moved to the event log by the relay once committed. AUTOINCREMENT, so
+    // that a row id is never handed out twice even after the table empties.
+    "CREATE TABLE _rc_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        key TEXT NOT NULL,
+        type TEXT NOT NULL,
+        time INTEGER NOT NULL,
+        schema_version INTEGER NOT NULL,
+        payload TEXT NOT NULL
+    )",
+    // The inbox: ids of the events whose effect committed, written in the
+    // same transaction as the effect, so a redelivery has no second effect.
+    "CREATE TABLE _rc_inbox (
+        event_id TEXT PRIMARY KEY,
+        received_at INTEGER NOT NULL
+    ) WITHOUT ROWID",
+];
+
+/// A component's database.
+pub struct Database {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+    /// Set while a guest statement is being prepared, so that the authorizer
+    /// applies the guest's restrictions to it and not to the host's own.
+    guest: Arc<AtomicBool>,
+}
+
+impl Database {
+    pub fn open(path: &Path) -> anyhow::Result<Database> {
+        let conn = Connection::open(path)
+            .with_context(|| format!("failed to open database {}", path.display()))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA foreign_keys = ON;",
+        )
+        .with_context(|| format!("failed to configure database {}", path.display()))?;
+        migrate(&conn).with_context(|| format!("failed to migrate database {}", path.display()))?;
+        conn.set_prepared_statement_cache_capacity(64);
+
+        let guest = Arc::new(AtomicBool::new(false));
+        let flag = guest.clone();
+        conn.authorizer(Some(move |context: AuthContext<'_>| {
+            if flag.load(Ordering::Relaxed) {
+                authorize_guest(&context)
+            } else {
+                Authorization::Allow
+            }
+        }));
+        Ok(Database {
+            path: path.to_owned(),
+            conn: Arc::new(Mutex::new(conn)),
+            guest,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits for the database's write turn.
+    pub async fn lock(&self) -> OwnedMutexGuard<Connection> {
+        self.conn.clone().lock_owned().await
+    }
+
+    /// Prepares a guest statement (cached) under the guest's restrictions.
+    pub fn prepare_guest<'c>(
+        &self,
+        conn: &'c Connection,
+        statement: &str,
+    ) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
+        if statement.to_ascii_lowercase().contains(HOST_TABLE_PREFIX) {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_AUTH),
+                Some(format!(
+                    "names starting with `{HOST_TABLE_PREFIX}` belong to the host"
+                )),
+            ));
+        }
+        self.guest.store(true, Ordering::Relaxed);
+        let prepared = conn.prepare_cached(statement);
+        self.guest.store(false, Ordering::Relaxed);
+        prepared
+    }
+}
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let applied: usize = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", index + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// What a guest statement may not do: reach another database, change the
+/// connection's settings, or take over the host's transaction.
+fn authorize_guest(context: &AuthContext<'_>) -> Authorization {
+    match context.action {
+        AuthAction::Attach { .. }
+        | AuthAction::Detach { .. }
+        | AuthAction::Pragma { .. }
+        | AuthAction::Transaction { .. }
+        | AuthAction::Savepoint { .. }
+        | AuthAction::CreateVtable { .. }
+        | AuthAction::DropVtable { .. } => Authorization::Deny,
+        AuthAction::Function { function_name }
+            if function_name.eq_ignore_ascii_case("load_extension") =>
+        {
+            Authorization::Deny
+        }
+        _ => Authorization::Allow,
+    }
+}
+
+/// The transaction of one invocation. It begins lazily on the first
+/// statement, and rolls back unless [`Transaction::commit`] is called, also
+/// when the invocation is dropped midway (trap, deadline, cancellation).
+pub struct Transaction {
+    db: Arc<Database>,
+    conn: Option<OwnedMutexGuard<Connection>>,
+    /// Events published in this transaction; the relay is woken after commit.
+    pub published: usize,
+}
+
+impl Transaction {
+    pub fn new(db: Arc<Database>) -> Transaction {
+        Transaction {
+            db,
+            conn: None,
+            published: 0,
+        }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The connection, inside the open transaction.
+    pub async fn conn(&mut self) -> rusqlite::Result<&Connection> {
+        if self.conn.is_none() {
+            let conn = self.db.lock().await;
+            conn.execute_batch("BEGIN")?;
+            self.conn = Some(conn);
+        }
+        // Set just above when it was empty.
+        Ok(self.conn.as_deref().expect("transaction is open"))
+    }
+
+    /// The database and the connection of a transaction already begun.
+    pub fn parts(&self) -> (&Database, &Connection) {
+        // Callers begin the transaction with `conn` first.
+        (
+            &self.db,
+            self.conn.as_deref().expect("transaction has begun"),
+        )
+    }
+
+    /// Commits what the invocation did; returns how many events it published.
+    pub fn commit(&mut self) -> anyhow::Result<usize> {
+        if let Some(conn) = self.conn.take() {
+            if let Err(err) = conn.execute_batch("COMMIT") {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(err)
+                    .with_context(|| format!("failed to commit to {}", self.db.path.display()));
+            }
+        }
+        Ok(std::mem::take(&mut self.published))
+    }
+
+    pub fn rollback(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if let Err(err) = conn.execute_batch("ROLLBACK") {
+                tracing::error!(cause = %err, database = %self.db.path.display(), "rollback failed");
+            }
+        }
+        self.published = 0;
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        self.rollback();
+    }
+}

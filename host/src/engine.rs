@@ -1,0 +1,92 @@
+//! The wasmtime `Engine` every component shares, and the epoch ticker that
+//! drives deadlines and cooperative yielding.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
+
+/// How often the epoch advances. A running guest yields to the async runtime
+/// at every tick, and its deadline is checked at every tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Instances that may exist at once across all components (each request,
+/// call and delivery has its own).
+const MAX_INSTANCES: u32 = 1_000;
+
+/// Builds the engine: async (guests run on fibers, so a slow guest never
+/// blocks a host thread), epoch interruption, the pooling allocator, and an
+/// on-disk cache of compiled code keyed by content digest.
+pub fn build(max_memory_bytes: usize, cache_dir: &Path) -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+
+    let mut pooling = PoolingAllocationConfig::default();
+    pooling
+        .total_component_instances(MAX_INSTANCES)
+        .total_core_instances(MAX_INSTANCES * 2)
+        .total_memories(MAX_INSTANCES * 2)
+        .total_tables(MAX_INSTANCES * 2)
+        .total_stacks(MAX_INSTANCES)
+        .max_memory_size(max_memory_bytes);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+
+    std::fs::create_dir_all(cache_dir)
+        .with_context(|| format!("failed to create cache directory {}", cache_dir.display()))?;
+    let mut cache = CacheConfig::new();
+    cache.with_directory(cache_dir);
+    config.cache(Some(
+        Cache::new(cache)
+            .map_err(anyhow::Error::from)
+            .context("failed to open the compilation cache")?,
+    ));
+
+    Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("failed to create the wasmtime engine")
+}
+
+/// Increments the engine's epoch every [`EPOCH_TICK`] on a thread of its own;
+/// stops and joins the thread when dropped.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub fn start(engine: Engine) -> EpochTicker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            // Spawning a thread only fails when the OS is out of resources
+            // at start-up, where there is nothing better to do than stop.
+            .expect("failed to spawn the epoch ticker thread");
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

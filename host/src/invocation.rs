@@ -1,0 +1,71 @@
+//! The state of one invocation: the `T` of its `Store<T>`.
+//!
+//! Every HTTP request, synchronous call and event delivery gets a fresh
+//! instance in a fresh store with this state: an empty WASI context (no
+//! files, no sockets, no environment), the component's configuration, its
+//! memory limit and its database transaction.
+
+use std::sync::Arc;
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::database::Transaction;
+
+pub struct Invocation {
+    /// Name of the component, the `source` of the events it publishes.
+    pub component: Arc<str>,
+    pub txn: Transaction,
+    pub limits: StoreLimits,
+    config: Arc<WasiConfigVariables>,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+}
+
+impl Invocation {
+    pub fn new(
+        component: Arc<str>,
+        txn: Transaction,
+        limits: StoreLimits,
+        config: Arc<WasiConfigVariables>,
+    ) -> Invocation {
+        Invocation {
+            component,
+            txn,
+            limits,
+            config,
+            // No preopened directories, no environment, no arguments, no
+            // network: the sandbox grants nothing by default.
+            wasi: WasiCtx::builder().allow_ip_name_lookup(false).build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+        }
+    }
+
+    pub fn config(&mut self) -> WasiConfig<'_> {
+        WasiConfig::from(&*self.config)
+    }
+}
+
+impl WasiView for Invocation {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Invocation {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The rentcar host: runs the car-rental bounded contexts as sandboxed
+//! WebAssembly components and serves their HTTP API.
+//!
+//! Start with [`runtime::Runtime::load`], which compiles and links every
+//! component of a [`config::Config`], then [`serve`] it on a listener. The
+//! binary (`main.rs`) and the end-to-end tests do exactly that.
+
+mod bindings;
+pub mod bus;
+pub mod component;
+pub mod config;
+mod database;
+mod delivery;
+mod engine;
+mod error;
+mod invocation;
+mod links;
+mod outbox;
+mod router;
+pub mod runtime;
+mod sql;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+pub use runtime::Runtime;
+
+/// Serves `runtime` on `listener` until `shutdown` resolves, then lets
+/// in-flight requests and deliveries finish.
+pub async fn serve(
+    listener: TcpListener,
+    runtime: Runtime,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let runtime = Arc::new(runtime);
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    delivery::start(&runtime, &token, &tracker);
+    runtime.set_ready();
+
+    axum::serve(listener, router::router(runtime.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+
+    tracing::info!("draining event delivery");
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! `rentcar-host`: parses the command line, sets up logging, loads the
+//! configuration and hands over to the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use rentcar_host::{Config, Runtime};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Runs the car-rental bounded contexts as sandboxed WebAssembly components"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Loads the components of a runtime.toml and serves their HTTP API.
+    Serve {
+        /// The runtime configuration.
+        #[arg(long, env = "RENTCAR_CONFIG", default_value = "runtime.toml")]
+        config: PathBuf,
+        /// Address to listen on (overrides `server.listen`); port 0 picks a
+        /// free port.
+        #[arg(long, env = "RENTCAR_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Directory of the databases and the event log (overrides
+        /// `server.data_dir`).
+        #[arg(long, env = "RENTCAR_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,cranelift=warn,wasmtime=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: failed to start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Command::Serve {
+        config,
+        listen,
+        data_dir,
+    } = cli.command;
+    let mut config = Config::load(&config)?;
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
+    if let Some(data_dir) = data_dir {
+        config.server.data_dir = data_dir;
+    }
+    let addr = config.server.listen;
+    let runtime = Runtime::load(config).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "serving");
+    // The one line on stderr that tests and scripts wait for.
+    eprintln!("listening on http://{local}");
+    rentcar_host::serve(listener, runtime, shutdown_signal()).await
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,77 @@
+//! The `rentcar:host/events` capability: publishing through the component's
+//! transactional outbox.
+//!
+//! `publish` only inserts a row into the component's `_rc_outbox`, in the
+//! invocation's transaction, so an event exists if and only if the state
+//! change that caused it commits. The relay (in `delivery`) moves committed
+//! rows to the event log.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::bindings::events::Host;
+use crate::invocation::Invocation;
+
+/// Version of the event envelope; carried by every event.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Longest topic, key or type a component may publish.
+const MAX_NAME: usize = 256;
+/// Largest payload a component may publish.
+const MAX_PAYLOAD: usize = 256 * 1024;
+
+impl Host for Invocation {
+    #[tracing::instrument(skip(self, payload), fields(component = %self.component))]
+    async fn publish(
+        &mut self,
+        topic: String,
+        key: String,
+        event_type: String,
+        payload: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        if [&topic, &key, &event_type]
+            .iter()
+            .any(|s| s.is_empty() || s.len() > MAX_NAME)
+        {
+            return Ok(Err(format!(
+                "topic, key and type must be 1 to {MAX_NAME} bytes"
+            )));
+        }
+        if payload.len() > MAX_PAYLOAD {
+            return Ok(Err(format!("payload is over {MAX_PAYLOAD} bytes")));
+        }
+        if serde_json::from_str::<serde::de::IgnoredAny>(&payload).is_err() {
+            return Ok(Err("payload must be a JSON document".into()));
+        }
+        let conn = match self.txn.conn().await {
+            Ok(conn) => conn,
+            Err(err) => return Ok(Err(err.to_string())),
+        };
+        let id = uuid::Uuid::now_v7().to_string();
+        let time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let inserted = conn
+            .prepare_cached(
+                "INSERT INTO _rc_outbox (event_id, topic, key, type, time, schema_version, payload)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(rusqlite::params![
+                    id,
+                    topic,
+                    key,
+                    event_type,
+                    time,
+                    SCHEMA_VERSION,
+                    payload
+                ])
+            });
+        Ok(match inserted {
+            Ok(_) => {
+                self.txn.published += 1;
+                Ok(())
+            }
+            Err(err) => Err(err.to_string()),
+        })
+    }
+}

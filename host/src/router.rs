@@ -1,0 +1,155 @@
+//! The HTTP front door: host routes, and everything else dispatched by path
+//! prefix to a fresh instance of the component that owns it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tracing::Instrument as _;
+use wasmtime_wasi_http::WasiHttpView as _;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+
+use crate::component::{DeadlineExceeded, Loaded};
+use crate::error::ApiError;
+use crate::runtime::Runtime;
+
+/// Extra time on top of a component's deadline for the host's own work
+/// (waiting for the database, committing) before the caller gets 504.
+const GRACE: Duration = Duration::from_secs(1);
+
+pub fn router(runtime: Arc<Runtime>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .fallback(dispatch)
+        .with_state(runtime)
+}
+
+async fn ready(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
+    if runtime.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn dispatch(
+    State(runtime): State<Arc<Runtime>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let name = runtime
+        .config
+        .route(request.uri().path())
+        .ok_or(ApiError::NoRoute)?;
+    let loaded = runtime
+        .registry
+        .get(name)
+        .ok_or_else(|| ApiError::Unavailable(name.into()))?;
+    let limits = loaded.slot.limits;
+
+    let (mut parts, body) = request.into_parts();
+    let too_large = ApiError::TooLarge {
+        limit: limits.max_request_bytes,
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limits.max_request_bytes) {
+        return Err(too_large);
+    }
+    let body = match Limited::new(body, limits.max_request_bytes).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<LengthLimitError>() => return Err(too_large),
+        Err(err) => return Err(ApiError::BadRequest(err.to_string())),
+    };
+    if !parts.headers.contains_key(header::HOST) {
+        parts
+            .headers
+            .insert(header::HOST, HeaderValue::from_static("localhost"));
+    }
+    let request = hyper::Request::from_parts(parts, Full::new(body));
+
+    let span = tracing::info_span!("http", component = %name, method = %request.method(), path = %request.uri().path());
+    match tokio::time::timeout(limits.timeout() + GRACE, invoke(&loaded, request))
+        .instrument(span)
+        .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::Deadline(name.into())),
+    }
+}
+
+/// Runs one request through a fresh instance and buffers its response; the
+/// transaction commits only if the guest returned normally with a status
+/// below 500.
+async fn invoke(
+    loaded: &Loaded,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<Response, ApiError> {
+    let name = loaded.name().to_string();
+    let failed = |cause: anyhow::Error| {
+        if DeadlineExceeded::caused(&cause) {
+            ApiError::Deadline(name.clone())
+        } else {
+            ApiError::ComponentFailed {
+                component: name.clone(),
+                cause,
+            }
+        }
+    };
+    let proxy = loaded
+        .proxy
+        .clone()
+        .ok_or_else(|| failed(anyhow::anyhow!("exports no wasi:http/incoming-handler")))?;
+
+    let mut store = loaded.store();
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let http = &mut store.data_mut().http();
+    let request =
+        request.map(|body| body.map_err(|never: Infallible| -> ErrorCode { match never {} }));
+    let incoming = http
+        .new_incoming_request(Scheme::Http, request)
+        .map_err(|e| failed(e.into()))?;
+    let outparam = http
+        .new_response_outparam(sender)
+        .map_err(|e| failed(e.into()))?;
+
+    // The guest runs while its response body is collected. On a trap the
+    // store is dropped inside `guest`, which closes the response channel.
+    let guest = async move {
+        let proxy = proxy.instantiate_async(&mut store).await?;
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, incoming, outparam)
+            .await?;
+        anyhow::Ok(store)
+    };
+    let max = loaded.slot.limits.max_response_bytes;
+    let response = async move {
+        let response = receiver
+            .await
+            .map_err(|_| anyhow::anyhow!("the guest set no response"))??;
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, max)
+            .collect()
+            .await
+            .map_err(|err| anyhow::anyhow!("response body: {err}"))?;
+        anyhow::Ok((parts, body.to_bytes()))
+    };
+    let (guest, response) = tokio::join!(guest, response);
+    let mut store = guest.map_err(&failed)?;
+    let (parts, body) = response.map_err(&failed)?;
+    loaded
+        .finish(&mut store, parts.status.as_u16() < 500)
+        .map_err(&failed)?;
+    Ok(Response::from_parts(parts, Body::from(body)))
+}
