@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use anyhow::{Context as _, anyhow};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use wasmtime::component::{Component, Instance, InstancePre};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi_config::WasiConfigVariables;
@@ -177,36 +177,93 @@ impl Loaded {
     }
 }
 
-/// The components running now, by name. Invocations look their component up
-/// here each time, so that a new version can take over between two of them.
-#[derive(Default)]
+/// The components, by name, and whether each is running. Invocations look
+/// their component up here each time, so that an operator can stop one, and a
+/// new version can take over between two invocations.
 pub struct Registry {
-    components: RwLock<HashMap<String, Arc<Loaded>>>,
+    entries: RwLock<HashMap<String, Entry>>,
+    /// Bumped on every change, so that waiting dispatchers look again.
+    changed: watch::Sender<u64>,
+}
+
+struct Entry {
+    loaded: Arc<Loaded>,
+    running: bool,
+}
+
+/// A component's name and state, as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    pub name: String,
+    pub state: &'static str,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            entries: RwLock::default(),
+            changed: watch::Sender::new(0),
+        }
+    }
 }
 
 impl Registry {
+    /// The running version of a component; `None` if unknown or stopped.
     pub fn get(&self, name: &str) -> Option<Arc<Loaded>> {
-        self.components
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
             .get(name)
-            .cloned()
+            .filter(|entry| entry.running)
+            .map(|entry| entry.loaded.clone())
     }
 
     pub fn insert(&self, loaded: Arc<Loaded>) {
         let name = loaded.name().to_string();
-        self.components
+        self.entries
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name, loaded);
+            .insert(
+                name,
+                Entry {
+                    loaded,
+                    running: true,
+                },
+            );
+        self.changed.send_modify(|generation| *generation += 1);
     }
 
+    /// Stops or starts a component; `false` if there is no such component.
+    pub fn set_running(&self, name: &str, running: bool) -> bool {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = entries.get_mut(name) else {
+            return false;
+        };
+        entry.running = running;
+        drop(entries);
+        self.changed.send_modify(|generation| *generation += 1);
+        true
+    }
+
+    /// Every component, running or not.
     pub fn all(&self) -> Vec<Arc<Loaded>> {
-        self.components
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries.values().map(|entry| entry.loaded.clone()).collect()
+    }
+
+    pub fn status(&self) -> Vec<Status> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let mut status: Vec<Status> = entries
+            .iter()
+            .map(|(name, entry)| Status {
+                name: name.clone(),
+                state: if entry.running { "running" } else { "stopped" },
+            })
+            .collect();
+        status.sort_by(|a, b| a.name.cmp(&b.name));
+        status
+    }
+
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 }

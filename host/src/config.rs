@@ -36,6 +36,17 @@ pub struct Config {
     /// Synchronous calls a component may make into another one.
     #[serde(default)]
     pub links: Vec<Link>,
+    #[serde(default)]
+    pub admin: Admin,
+}
+
+/// The operator's API under `/admin`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Bearer token required by every admin request; `RENTCAR_ADMIN_TOKEN`
+    /// overrides it. Without a token the admin API is disabled.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -190,21 +190,21 @@ impl Transaction {
 
     /// Commits what the invocation did; returns how many events it published.
     pub fn commit(&mut self) -> anyhow::Result<usize> {
-        if let Some(conn) = self.conn.take() {
-            if let Err(err) = conn.execute_batch("COMMIT") {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(err)
-                    .with_context(|| format!("failed to commit to {}", self.db.path.display()));
-            }
+        if let Some(conn) = self.conn.take()
+            && let Err(err) = conn.execute_batch("COMMIT")
+        {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(err)
+                .with_context(|| format!("failed to commit to {}", self.db.path.display()));
         }
         Ok(std::mem::take(&mut self.published))
     }
 
     pub fn rollback(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if let Err(err) = conn.execute_batch("ROLLBACK") {
-                tracing::error!(cause = %err, database = %self.db.path.display(), "rollback failed");
-            }
+        if let Some(conn) = self.conn.take()
+            && let Err(err) = conn.execute_batch("ROLLBACK")
+        {
+            tracing::error!(cause = %err, database = %self.db.path.display(), "rollback failed");
         }
         self.published = 0;
     }

@@ -149,10 +149,10 @@ async fn dispatch(
             }
             position = at;
         }
-        if position > start {
-            if let Err(err) = bus.commit(&consumer, &topic, position).await {
-                tracing::error!(cause = %format!("{err:#}"), "cannot save position");
-            }
+        if position > start
+            && let Err(err) = bus.commit(&consumer, &topic, position).await
+        {
+            tracing::error!(cause = %format!("{err:#}"), "cannot save position");
         }
         if token.is_cancelled() {
             return;
@@ -179,16 +179,21 @@ async fn deliver(
     };
     let mut backoff = BACKOFF.0;
     let mut attempt = 1u32;
+    let mut changes = registry.changes();
     loop {
-        let outcome = match registry.get(consumer) {
-            Some(loaded) => {
-                let deadline = loaded.slot.limits.timeout() + Duration::from_secs(1);
-                match tokio::time::timeout(deadline, loaded.deliver(&event)).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(anyhow::anyhow!("delivery exceeded its deadline")),
-                }
+        changes.borrow_and_update();
+        let Some(loaded) = registry.get(consumer) else {
+            // Stopped: the event waits, without using up attempts, until
+            // the consumer is started again.
+            tokio::select! {
+                _ = changes.changed() => continue,
+                _ = token.cancelled() => return false,
             }
-            None => Err(anyhow::anyhow!("consumer is not running")),
+        };
+        let deadline = loaded.slot.limits.timeout() + Duration::from_secs(1);
+        let outcome = match tokio::time::timeout(deadline, loaded.deliver(&event)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(anyhow::anyhow!("delivery exceeded its deadline")),
         };
         match outcome {
             Ok(applied) => {

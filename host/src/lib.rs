@@ -5,6 +5,7 @@
 //! component of a [`config::Config`], then [`serve`] it on a listener. The
 //! binary (`main.rs`) and the end-to-end tests do exactly that.
 
+mod admin;
 mod bindings;
 pub mod bus;
 pub mod component;

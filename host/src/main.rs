@@ -35,6 +35,9 @@ enum Command {
         /// `server.data_dir`).
         #[arg(long, env = "RENTCAR_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Bearer token of the admin API (overrides `admin.token`).
+        #[arg(long, env = "RENTCAR_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
     },
 }
 
@@ -68,6 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         config,
         listen,
         data_dir,
+        admin_token,
     } = cli.command;
     let mut config = Config::load(&config)?;
     if let Some(listen) = listen {
@@ -75,6 +79,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Some(data_dir) = data_dir {
         config.server.data_dir = data_dir;
+    }
+    if let Some(token) = admin_token {
+        config.admin.token = Some(token);
     }
     let addr = config.server.listen;
     let runtime = Runtime::load(config).await?;

@@ -29,6 +29,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .merge(crate::admin::router(runtime.clone()))
         .fallback(dispatch)
         .with_state(runtime)
 }

@@ -69,6 +69,16 @@ impl Runtime {
         })
     }
 
+    /// The admin API's bearer token: `RENTCAR_ADMIN_TOKEN`, else the
+    /// config's `[admin] token`.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.config
+            .admin
+            .token
+            .as_deref()
+            .filter(|token| !token.is_empty())
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }

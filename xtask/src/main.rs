@@ -1,1 +1,96 @@
-fn main() {}
+//! `cargo xtask`: the project's build, run and test commands.
+//!
+//! - `cargo xtask build`: the release host and every component (wasm32-wasip2).
+//! - `cargo xtask run`: builds, then serves `runtime.toml` on 127.0.0.1:8080
+//!   with data under `./data`.
+//! - `cargo xtask test`: builds, then runs every test against the real host.
+//!
+//! Everything uses the release profile, so one build serves all three.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// The guest crates, each built into `target/wasm32-wasip2/release/NAME.wasm`.
+const COMPONENTS: &[&str] = &["order", "payment", "rentcar", "view"];
+const GUEST_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = args
+        .split_first()
+        .map_or(("help", &[][..]), |(t, r)| (t.as_str(), r));
+    match task {
+        "build" => build(),
+        "run" => {
+            build()?;
+            let mut serve = Command::new(root().join("target/release/rentcar-host"));
+            serve.args(["serve", "--config", "runtime.toml"]).args(rest);
+            run(&mut serve)
+        }
+        "test" => {
+            build()?;
+            // The default members: the host and xtask, not the guests.
+            run(cargo().args(["test", "--release"]).args(rest))
+        }
+        _ => {
+            eprintln!("usage: cargo xtask <build|run|test> [args...]");
+            Ok(())
+        }
+    }
+}
+
+fn build() -> anyhow::Result<()> {
+    ensure_guest_target()?;
+    let mut guests = cargo();
+    guests.args(["build", "--release", "--target", GUEST_TARGET]);
+    for component in COMPONENTS {
+        guests.args(["-p", component]);
+    }
+    // Flags meant for the host (e.g. `-C target-cpu=native`) must not leak
+    // into the guests.
+    guests
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS");
+    run(&mut guests)?;
+    run(cargo().args(["build", "--release", "-p", "rentcar-host"]))
+}
+
+/// Installs the guest target when rustup has not yet (a fresh machine with
+/// `RUSTUP_AUTO_INSTALL=0` does not install it from rust-toolchain.toml).
+fn ensure_guest_target() -> anyhow::Result<()> {
+    let output = Command::new("rustc")
+        .args(["--print", "target-libdir", "--target", GUEST_TARGET])
+        .output()?;
+    let libdir = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if output.status.success() && Path::new(&libdir).is_dir() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the {GUEST_TARGET} target with rustup");
+    run(Command::new("rustup").args(["target", "add", GUEST_TARGET]))
+        .context("the wasm32-wasip2 target is missing and rustup could not add it")
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("failed to run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}

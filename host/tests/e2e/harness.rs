@@ -1,0 +1,231 @@
+//! Starts the real `rentcar-host` binary on an ephemeral port with a
+//! temporary data directory, and speaks HTTP to it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+/// The admin token every test host is started with.
+pub const TOKEN: &str = "test-admin-token";
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host is in the workspace")
+        .to_path_buf()
+}
+
+/// The repository's own `runtime.toml`, whose component paths point at the
+/// release builds of `cargo xtask build`.
+pub fn runtime_toml() -> PathBuf {
+    root().join("runtime.toml")
+}
+
+pub struct Host {
+    child: Child,
+    pub base: String,
+    log: Arc<Mutex<Vec<String>>>,
+    client: reqwest::Client,
+}
+
+impl Host {
+    pub fn start(data_dir: &Path) -> anyhow::Result<Host> {
+        Host::start_with(&runtime_toml(), data_dir)
+    }
+
+    /// Spawns the host and waits for its readiness line.
+    pub fn start_with(config: &Path, data_dir: &Path) -> anyhow::Result<Host> {
+        for component in ["order", "payment", "rentcar", "view"] {
+            let wasm = root().join(format!("target/wasm32-wasip2/release/{component}.wasm"));
+            if !wasm.exists() {
+                bail!(
+                    "{} is missing: run the tests with `cargo xtask test`, which builds the components",
+                    wasm.display()
+                );
+            }
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rentcar-host"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RENTCAR_ADMIN_TOKEN", TOKEN)
+            .env("RUST_LOG", "info,rentcar_host=debug")
+            .env("RUST_BACKTRACE", "0")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("failed to spawn rentcar-host")?;
+        let stderr = child.stderr.take().context("stderr is piped")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready, address) = mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = ready.send(addr.to_string());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let started = Instant::now();
+        let base = loop {
+            match address.recv_timeout(Duration::from_millis(100)) {
+                Ok(base) => break base,
+                Err(_) if started.elapsed() > Duration::from_secs(120) => {
+                    bail!("host did not become ready in 120 s")
+                }
+                Err(_) => {
+                    if let Some(status) = child.try_wait()? {
+                        std::thread::sleep(Duration::from_millis(200));
+                        bail!(
+                            "host exited with {status} before ready:\n{}",
+                            log.lock().unwrap().join("\n")
+                        );
+                    }
+                }
+            }
+        };
+        Ok(Host {
+            child,
+            base,
+            log,
+            client: reqwest::Client::new(),
+        })
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Ends the host like `kill -9` would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the host to exit by itself.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("host did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        self.send(self.client.post(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        self.send(request.body(body)).await
+    }
+
+    pub async fn admin(&self, method: reqwest::Method, path: &str) -> anyhow::Result<(u16, Value)> {
+        self.send(
+            self.client
+                .request(method, format!("{}{path}", self.base))
+                .bearer_auth(TOKEN),
+        )
+        .await
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, body))
+    }
+
+    /// Registers a car and returns its id.
+    pub async fn car(&self, name: &str, stock: u32) -> anyhow::Result<u64> {
+        let (status, car) = self
+            .post("/cars", serde_json::json!({ "name": name, "stock": stock }))
+            .await?;
+        anyhow::ensure!(status == 201, "car registration answered {status}: {car}");
+        car["id"].as_u64().context("car id")
+    }
+
+    /// Places an order and returns the created order.
+    pub async fn order(&self, car_id: u64, qty: u32) -> anyhow::Result<Value> {
+        let (status, order) = self
+            .post(
+                "/orders",
+                serde_json::json!({ "carId": car_id, "qty": qty, "customer": "kim" }),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "order answered {status}: {order}");
+        Ok(order)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+        // Captured by the test harness: shown only when the test fails.
+        eprintln!("---- host log ----\n{}", self.log());
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if started.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until GET `path` answers 200 with `field` equal to `expected`.
+pub async fn wait_for(
+    host: &Host,
+    path: &str,
+    field: &str,
+    expected: Value,
+) -> anyhow::Result<Value> {
+    let what = format!("{path} to have {field} = {expected}");
+    eventually(&what, Duration::from_secs(20), || async {
+        let (status, body) = host.get(path).await?;
+        Ok((status == 200 && body[field] == expected).then_some(body))
+    })
+    .await
+}

@@ -1,0 +1,174 @@
+//! Starting, stopping and restarting the host.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{Host, eventually, root, wait_for};
+
+#[tokio::test]
+async fn restart_keeps_data_and_resumes_delivery() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut host = Host::start(dir.path())?;
+    let car_id = host.car("Palisade", 5).await?;
+    let first = host.order(car_id, 1).await?;
+    wait_for(
+        &host,
+        &format!("/orders/{}", first["id"]),
+        "status",
+        json!("RESERVED"),
+    )
+    .await?;
+
+    // Hard kill right after a burst of orders: some of their events are
+    // still in outboxes or undelivered in the log.
+    let mut burst = Vec::new();
+    for _ in 0..3 {
+        burst.push(host.order(car_id, 1).await?);
+    }
+    host.kill();
+
+    let host = Host::start(dir.path())?;
+    let (_, car) = host.get(&format!("/cars/{car_id}")).await?;
+    assert_eq!(car["stock"], 5);
+    let (_, orders) = host.get("/orders").await?;
+    assert_eq!(
+        orders.as_array().map(Vec::len),
+        Some(4),
+        "all orders survived: {orders}"
+    );
+    for order in &burst {
+        wait_for(
+            &host,
+            &format!("/orders/{}", order["id"]),
+            "status",
+            json!("RESERVED"),
+        )
+        .await?;
+    }
+    wait_for(
+        &host,
+        &format!("/availability/{car_id}"),
+        "available",
+        json!(1),
+    )
+    .await?;
+    wait_for(&host, &format!("/cars/{car_id}"), "available", json!(1)).await?;
+
+    let next = host.order(car_id, 1).await?;
+    assert!(
+        next["id"].as_u64() > burst[2]["id"].as_u64(),
+        "ids keep growing"
+    );
+    wait_for(
+        &host,
+        &format!("/availability/{car_id}"),
+        "available",
+        json!(0),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_cleanly() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut host = Host::start(dir.path())?;
+    host.car("Casper", 1).await?;
+    let status = host.terminate()?;
+    assert!(status.success(), "exit status {status}");
+    eventually("the drain to be logged", Duration::from_secs(5), || async {
+        Ok(host.log().contains("stopped").then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+/// Runs `rentcar-host serve` expecting it to fail, and returns its stderr.
+fn serve_fails(config: &str, extra: &[&str]) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("runtime.toml");
+    std::fs::write(&path, config)?;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rentcar-host"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .args(["--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(extra)
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "expected failure, got success:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "a bad config must not panic:\n{stderr}"
+    );
+    Ok(stderr)
+}
+
+#[test]
+fn bad_configs_fail_with_a_clear_message() -> anyhow::Result<()> {
+    let wasm = |name: &str| {
+        root()
+            .join(format!("target/wasm32-wasip2/release/{name}.wasm"))
+            .display()
+            .to_string()
+    };
+
+    let stderr = serve_fails("[components.order]\npath = \"missing.wasm\"\n", &[])?;
+    assert!(
+        stderr.contains("component `order`") && stderr.contains("not found"),
+        "{stderr}"
+    );
+
+    let stderr = serve_fails("[components.x]\npath = \"a.wasm\"\nroutez = []\n", &[])?;
+    assert!(stderr.contains("unknown field `routez`"), "{stderr}");
+
+    let not_wasm = tempfile::NamedTempFile::new()?;
+    std::fs::write(not_wasm.path(), "hello")?;
+    let stderr = serve_fails(
+        &format!("[components.x]\npath = {:?}\n", not_wasm.path()),
+        &[],
+    )?;
+    assert!(
+        stderr.contains("is not a valid WebAssembly component"),
+        "{stderr}"
+    );
+
+    // order imports the payments interface; without the link nothing provides it.
+    let stderr = serve_fails(
+        &format!("[components.order]\npath = {:?}\n", wasm("order")),
+        &[],
+    )?;
+    assert!(
+        stderr.contains("imports something the host does not provide"),
+        "{stderr}"
+    );
+
+    let link_to_wrong = format!(
+        "[components.order]\npath = {:?}\n[components.view]\npath = {:?}\n\
+         [[links]]\nfrom = \"order\"\nto = \"view\"\ninterface = \"rentcar:payment/payments@0.1.0\"\n",
+        wasm("order"),
+        wasm("view")
+    );
+    let stderr = serve_fails(&link_to_wrong, &[])?;
+    assert!(
+        stderr.contains("does not export `rentcar:payment/payments@0.1.0`"),
+        "{stderr}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?.to_string();
+    let stderr = serve_fails(
+        &format!("[components.view]\npath = {:?}\n", wasm("view")),
+        &["--listen", &addr],
+    )?;
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    Ok(())
+}
