@@ -215,3 +215,39 @@ impl Drop for Transaction {
         self.rollback();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn guests_cannot_escape_their_database() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let db = Arc::new(Database::open(&dir.path().join("a.db"))?);
+        let mut txn = Transaction::new(db.clone());
+        txn.conn().await?;
+        let (db, conn) = txn.parts();
+        db.prepare_guest(conn, "CREATE TABLE cars (id INTEGER PRIMARY KEY)")?
+            .execute([])?;
+        for denied in [
+            "ATTACH DATABASE 'other.db' AS other",
+            "DETACH DATABASE main",
+            "PRAGMA journal_mode = DELETE",
+            "COMMIT",
+            "BEGIN",
+            "SAVEPOINT s",
+            "SELECT * FROM _rc_outbox",
+            "DELETE FROM _RC_INBOX",
+            "SELECT load_extension('x')",
+        ] {
+            assert!(
+                db.prepare_guest(conn, denied).is_err(),
+                "{denied} must be denied"
+            );
+        }
+        // The host's own statements still run on the same connection.
+        conn.execute_batch("SELECT COUNT(*) FROM _rc_outbox")?;
+        txn.commit()?;
+        Ok(())
+    }
+}

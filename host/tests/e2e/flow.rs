@@ -56,6 +56,13 @@ async fn order_is_paid_reserved_and_shown_in_the_view() -> anyhow::Result<()> {
     );
     let (_, car) = host.get(&format!("/cars/{car_id}")).await?;
     assert_eq!(car["available"], 2);
+
+    // rentcar reads its settings from runtime.toml through wasi:config.
+    let (_, fleet) = host.get("/fleet").await?;
+    assert_eq!(
+        fleet,
+        json!({ "country": "KR", "region": "seoul", "models": 1, "stock": 3 })
+    );
     Ok(())
 }
 
