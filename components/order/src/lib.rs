@@ -1,12 +1,20 @@
 //! The order bounded context (the core).
 //!
-//! `POST /orders` records the order and pays for it through a synchronous
-//! call to payment in the same invocation: if payment fails or cannot be
-//! reached the answer is 503 and the host rolls the order back, so an order
-//! without a completed payment never exists. Rentcar's events on the
-//! `rentcar` topic then move the order to `RESERVED` or `REJECTED`.
-//! `POST /orders/{id}/cancel` cancels the payment synchronously; rentcar
-//! releases the cars when it sees `PaymentCancelled`.
+//! `POST /orders` pays through a synchronous call to payment and records the
+//! order under its payment's id, in one invocation: if payment fails or
+//! cannot be reached the answer is 503 and nothing is recorded, so an order
+//! without a completed payment never exists. Rentcar's events then move the
+//! order to `RESERVED` or `REJECTED`. `POST /orders/{id}/cancel` cancels the
+//! payment synchronously; rentcar releases the cars on `PaymentCancelled`.
+//!
+//! Crash safety. The invocation takes order's database (its first statement)
+//! before it calls payment and keeps it until it commits, so when order
+//! handles the `PaymentApproved` of a payment, the invocation that asked for
+//! it is over. If the order is not there then, it never will be (the host
+//! died between payment's commit and order's): order publishes
+//! `OrderAbandoned` and payment refunds. Likewise a `PaymentCancelled` whose
+//! order is not cancelled (died between the two commits of a cancel) cancels
+//! the order.
 
 #![allow(
     unsafe_code,
@@ -32,6 +40,8 @@ use exports::rentcar::host::event_handler::{self, Event};
 use exports::rentcar::host::lifecycle;
 use rentcar::payment::payments::{self, CallError};
 
+/// Where order publishes (`OrderAbandoned`).
+const TOPIC: &str = "order";
 /// Largest quantity one order may ask for.
 const MAX_QTY: u32 = 1_000;
 
@@ -40,14 +50,19 @@ struct Component;
 impl lifecycle::Guest for Component {
     fn init() -> Result<(), String> {
         db::migrate(&["CREATE TABLE orders (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                id INTEGER PRIMARY KEY,
                 car_id INTEGER NOT NULL,
                 qty INTEGER NOT NULL,
                 customer TEXT NOT NULL,
                 status TEXT NOT NULL,
-                payment_id INTEGER
+                payment_id INTEGER NOT NULL,
+                idempotency_key TEXT UNIQUE
             )"])
         .map_err(|err| err.to_string())
+    }
+
+    fn reset() -> Result<(), String> {
+        Err("orders are the source of truth, not built from events".into())
     }
 }
 
@@ -59,7 +74,7 @@ struct Order {
     qty: i64,
     customer: String,
     status: String,
-    payment_id: Option<i64>,
+    payment_id: i64,
 }
 
 const SELECT: &str = "SELECT id, car_id, qty, customer, status, payment_id FROM orders";
@@ -71,7 +86,7 @@ fn from_row(row: Row) -> Order {
         qty: row.int(2),
         customer: row.text(3),
         status: row.text(4),
-        payment_id: Some(row.int(5)).filter(|id| *id > 0),
+        payment_id: row.int(5),
     }
 }
 
@@ -79,30 +94,66 @@ fn find(order_id: u64) -> Result<Option<Order>, db::Error> {
     Ok(db::query_row(&format!("{SELECT} WHERE id = ?"), &[order_id.into()])?.map(from_row))
 }
 
-/// The part of rentcar's reservation events an order needs.
+/// The part of rentcar's and payment's events an order needs. Payment
+/// events carry the payment's `id`, rentcar's its `paymentId`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Reservation {
+struct OrderEvent {
     order_id: u64,
+    #[serde(alias = "id")]
+    payment_id: u64,
 }
 
 impl event_handler::Guest for Component {
     fn handle(event: Event) -> Result<(), String> {
-        let status = match event.event_type.as_str() {
-            "CarReserved" => "RESERVED",
-            "ReservationRejected" => "REJECTED",
-            _ => return Ok(()),
+        let parse = || -> Result<OrderEvent, String> {
+            serde_json::from_str(&event.payload)
+                .map_err(|err| format!("bad {} payload: {err}", event.event_type))
         };
-        let reservation: Reservation = serde_json::from_str(&event.payload)
-            .map_err(|err| format!("bad {} payload: {err}", event.event_type))?;
-        // Only a paid order moves on; one cancelled meanwhile stays cancelled.
-        db::execute(
-            "UPDATE orders SET status = ? WHERE id = ? AND status = 'PAID'",
-            &[status.into(), reservation.order_id.into()],
-        )
-        .map_err(|err| err.to_string())?;
-        Ok(())
+        let result = match event.event_type.as_str() {
+            // Only a paid order moves on; one cancelled meanwhile stays so.
+            "CarReserved" => set_status(parse()?, "RESERVED", &["PAID"]),
+            "ReservationRejected" => set_status(parse()?, "REJECTED", &["PAID"]),
+            "PaymentCancelled" => set_status(parse()?, "CANCELLED", &["PAID", "RESERVED"]),
+            "PaymentApproved" => abandon_if_missing(parse()?),
+            _ => Ok(()),
+        };
+        result.map_err(|err| err.to_string())
     }
+}
+
+fn set_status(event: OrderEvent, status: &str, from: &[&str]) -> Result<(), db::Error> {
+    for current in from {
+        db::execute(
+            "UPDATE orders SET status = ? WHERE id = ? AND payment_id = ? AND status = ?",
+            &[
+                status.into(),
+                event.order_id.into(),
+                event.payment_id.into(),
+                (*current).into(),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn abandon_if_missing(event: OrderEvent) -> Result<(), db::Error> {
+    let exists = db::query_row(
+        "SELECT 1 FROM orders WHERE id = ? AND payment_id = ?",
+        &[event.order_id.into(), event.payment_id.into()],
+    )?;
+    if exists.is_none() {
+        let payload =
+            serde_json::json!({ "orderId": event.order_id, "paymentId": event.payment_id });
+        rentcar_sdk::publish(
+            TOPIC,
+            &event.order_id.to_string(),
+            "OrderAbandoned",
+            &payload,
+        )
+        .map_err(db::Error::Other)?;
+    }
+    Ok(())
 }
 
 impl wasip2::exports::http::incoming_handler::Guest for Component {
@@ -169,37 +220,63 @@ fn place(request: &Request) -> Result<Response, db::Error> {
             "customer must be 1 to 200 characters",
         ));
     }
-    let inserted = db::execute(
-        "INSERT INTO orders (car_id, qty, customer, status) VALUES (?, ?, ?, 'PENDING')",
-        &[new.car_id.into(), new.qty.into(), customer.into()],
-    )?;
-    let order_id = inserted.last_insert_id as u64;
-    match payments::approve(order_id, new.car_id, new.qty, customer) {
-        Ok(payment) => {
-            db::execute(
-                "UPDATE orders SET status = 'PAID', payment_id = ? WHERE id = ?",
-                &[payment.id.into(), order_id.into()],
-            )?;
-            let order = find(order_id)?.ok_or_else(|| db::Error::Other("order vanished".into()))?;
-            Ok(Response::json(201, &order))
-        }
-        Err(err) => {
-            // No payment, no order: the 5xx below rolls the insert back, and
-            // a 4xx removes it here.
-            db::execute("DELETE FROM orders WHERE id = ?", &[order_id.into()])?;
-            Ok(payment_failure(err))
-        }
+    let key = request.header("idempotency-key").map(str::trim);
+    if key.is_some_and(|key| key.is_empty() || key.len() > 200) {
+        return Ok(Response::bad_request(
+            "Idempotency-Key must be 1 to 200 characters",
+        ));
     }
+
+    // This first statement also takes order's write turn before payment is
+    // called (see the crate docs): keep a statement before the call.
+    let earlier = db::query_row(
+        &format!("{SELECT} WHERE idempotency_key = ?"),
+        &[key.unwrap_or_default().into()],
+    )?;
+    if let Some(order) = earlier.map(from_row) {
+        let same = order.car_id as u64 == new.car_id
+            && order.qty == i64::from(new.qty)
+            && order.customer == customer;
+        if !same {
+            return Ok(Response::error(
+                422,
+                "idempotency-key-reused",
+                "this Idempotency-Key was used for a different order",
+            ));
+        }
+        return Ok(Response::json(201, &order));
+    }
+
+    let payment = match payments::approve(new.car_id, new.qty, customer) {
+        Ok(payment) => payment,
+        Err(err) => return Ok(payment_failure(err)),
+    };
+    db::execute(
+        "INSERT INTO orders (id, car_id, qty, customer, status, payment_id, idempotency_key) VALUES (?, ?, ?, ?, 'PAID', ?, ?)",
+        &[
+            payment.order_id.into(),
+            new.car_id.into(),
+            new.qty.into(),
+            customer.into(),
+            payment.id.into(),
+            key.map_or(db::Value::Null, Into::into),
+        ],
+    )?;
+    let order = find(payment.order_id)?.ok_or_else(|| db::Error::Other("order vanished".into()))?;
+    Ok(Response::json(201, &order))
 }
 
 fn cancel(order_id: u64) -> Result<Response, db::Error> {
     let Some(order) = find(order_id)? else {
         return Ok(Response::not_found(&format!("no order {order_id}")));
     };
-    let payment_id = match (order.status.as_str(), order.payment_id) {
-        ("PAID" | "RESERVED", Some(payment_id)) => payment_id as u64,
-        (status, _) => return Ok(Response::conflict(&format!("order {order_id} is {status}"))),
-    };
+    if !matches!(order.status.as_str(), "PAID" | "RESERVED") {
+        return Ok(Response::conflict(&format!(
+            "order {order_id} is {}",
+            order.status
+        )));
+    }
+    let payment_id = order.payment_id as u64;
     if let Err(err) = payments::cancel(payment_id) {
         return Ok(payment_failure(err));
     }

@@ -2,8 +2,9 @@
 //!
 //! Order calls `rentcar:payment/payments` synchronously to approve or cancel
 //! the payment of an order; every change is published on the `payment` topic
-//! with the order id as key. A reservation that rentcar rejects refunds the
-//! payment. HTTP: `GET /payments`, `GET /payments?orderId=..`,
+//! with the order id as key. The payment is refunded when rentcar rejects
+//! the reservation, or when order reports that the order was never created
+//! (the host died between the two commits). HTTP: `GET /payments`, `GET /payments?orderId=..`,
 //! `GET /payments/{id}`.
 
 #![allow(
@@ -34,6 +35,10 @@ const TOPIC: &str = "payment";
 struct Component;
 
 impl lifecycle::Guest for Component {
+    fn reset() -> Result<(), String> {
+        Err("payments are the source of truth, not built from events".into())
+    }
+
     fn init() -> Result<(), String> {
         db::migrate(&[
             "CREATE TABLE payments (
@@ -51,23 +56,24 @@ impl lifecycle::Guest for Component {
 }
 
 impl payments::Guest for Component {
-    fn approve(
-        order_id: u64,
-        car_id: u64,
-        qty: u32,
-        customer: String,
-    ) -> Result<Payment, CallError> {
+    fn approve(car_id: u64, qty: u32, customer: String) -> Result<Payment, CallError> {
         if qty == 0 {
             return Err(CallError::Invalid("qty must be at least 1".into()));
         }
         let changes = db::execute(
-            "INSERT INTO payments (order_id, car_id, qty, customer, status) VALUES (?, ?, ?, ?, 'APPROVED')",
-            &[order_id.into(), car_id.into(), qty.into(), customer.as_str().into()],
+            "INSERT INTO payments (order_id, car_id, qty, customer, status) VALUES (0, ?, ?, ?, 'APPROVED')",
+            &[car_id.into(), qty.into(), customer.as_str().into()],
+        )
+        .map_err(internal)?;
+        let id = changes.last_insert_id as u64;
+        db::execute(
+            "UPDATE payments SET order_id = id WHERE id = ?",
+            &[id.into()],
         )
         .map_err(internal)?;
         let payment = Payment {
-            id: changes.last_insert_id as u64,
-            order_id,
+            id,
+            order_id: id,
             car_id,
             qty,
             customer,
@@ -96,23 +102,26 @@ impl payments::Guest for Component {
     }
 }
 
-/// Rentcar's answer to a `PaymentApproved` it could not honour.
+/// Rentcar's `ReservationRejected` or order's `OrderAbandoned`: either way
+/// the payment is not for a valid order any more.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ReservationRejected {
-    order_id: u64,
+struct Refund {
+    payment_id: u64,
 }
 
 impl event_handler::Guest for Component {
     fn handle(event: Event) -> Result<(), String> {
-        if event.event_type != "ReservationRejected" {
+        if !matches!(
+            event.event_type.as_str(),
+            "ReservationRejected" | "OrderAbandoned"
+        ) {
             return Ok(());
         }
-        let rejected: ReservationRejected =
-            serde_json::from_str(&event.payload).map_err(|err| err.to_string())?;
+        let refund: Refund = serde_json::from_str(&event.payload).map_err(|err| err.to_string())?;
         let row = db::query_row(
-            &format!("{SELECT} WHERE order_id = ? AND status = 'APPROVED'"),
-            &[rejected.order_id.into()],
+            &format!("{SELECT} WHERE id = ? AND status = 'APPROVED'"),
+            &[refund.payment_id.into()],
         )
         .map_err(|err| err.to_string())?;
         // A payment cancelled meanwhile has nothing left to refund.

@@ -3,7 +3,7 @@
 //! An admin registers cars with a stock count (`POST /cars`). Rentcar listens
 //! to the `payment` topic: an approved payment reserves the cars if enough are
 //! available, otherwise the reservation is rejected (and payment refunds);
-//! a cancelled payment releases what was reserved. Every change of a car is
+//! a cancelled or refunded payment releases what was reserved. Every change of a car is
 //! published on the `rentcar` topic with a snapshot of the car, so that read
 //! models never need to ask rentcar. The stock check is a single conditional
 //! `UPDATE`, so no car is ever over-booked.
@@ -37,6 +37,10 @@ const MAX_STOCK: u32 = 1_000_000;
 struct Component;
 
 impl lifecycle::Guest for Component {
+    fn reset() -> Result<(), String> {
+        Err("the fleet is the source of truth, not built from events".into())
+    }
+
     fn init() -> Result<(), String> {
         db::migrate(&[
             "CREATE TABLE cars (
@@ -112,7 +116,7 @@ impl event_handler::Guest for Component {
     fn handle(event: Event) -> Result<(), String> {
         let result = match event.event_type.as_str() {
             "PaymentApproved" => reserve(parse(&event)?),
-            "PaymentCancelled" => release(parse(&event)?),
+            "PaymentCancelled" | "PaymentRefunded" => release(parse(&event)?),
             _ => Ok(()),
         };
         result.map_err(|err| err.to_string())

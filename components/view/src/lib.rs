@@ -30,6 +30,13 @@ use exports::rentcar::host::lifecycle;
 struct Component;
 
 impl lifecycle::Guest for Component {
+    /// The view is built only from events: dropping it lets a replay of the
+    /// log rebuild it.
+    fn reset() -> Result<(), String> {
+        db::execute("DELETE FROM availability", &[]).map_err(|err| err.to_string())?;
+        Ok(())
+    }
+
     fn init() -> Result<(), String> {
         db::migrate(&["CREATE TABLE availability (
                 car_id INTEGER PRIMARY KEY,

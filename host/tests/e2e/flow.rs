@@ -246,3 +246,35 @@ async fn orders_are_taken_while_rentcar_is_down_and_applied_when_it_returns() ->
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_retried_order_with_the_same_idempotency_key_creates_nothing_new() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = Host::start(dir.path())?;
+    let car_id = host.car("Niro", 5).await?;
+    let body = json!({ "carId": car_id, "qty": 1, "customer": "park" });
+    let post = || {
+        reqwest::Client::new()
+            .post(format!("{}/orders", host.base))
+            .header("Idempotency-Key", "retry-42")
+            .json(&body)
+    };
+    let (status, first) = host.send(post()).await?;
+    assert_eq!(status, 201, "{first}");
+    let (status, second) = host.send(post()).await?;
+    assert_eq!(status, 201, "{second}");
+    assert_eq!(second["id"], first["id"]);
+    assert_eq!(second["paymentId"], first["paymentId"]);
+    let (_, orders) = host.get("/orders").await?;
+    let (_, payments) = host.get("/payments").await?;
+    assert_eq!(orders.as_array().map(Vec::len), Some(1));
+    assert_eq!(payments.as_array().map(Vec::len), Some(1));
+
+    let other = reqwest::Client::new()
+        .post(format!("{}/orders", host.base))
+        .header("Idempotency-Key", "retry-42")
+        .json(&json!({ "carId": car_id, "qty": 2, "customer": "park" }));
+    let (status, reused) = host.send(other).await?;
+    assert_eq!(status, 422, "{reused}");
+    Ok(())
+}
