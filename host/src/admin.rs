@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::component::Status;
+use crate::delivery::{self, SubscriptionStats};
 use crate::runtime::Runtime;
 
 pub fn router(runtime: Arc<Runtime>) -> Router<Arc<Runtime>> {
@@ -20,6 +21,10 @@ pub fn router(runtime: Arc<Runtime>) -> Router<Arc<Runtime>> {
         .route("/admin/components", get(components))
         .route("/admin/components/{name}/stop", post(stop))
         .route("/admin/components/{name}/start", post(start))
+        .route("/admin/subscriptions", get(subscriptions))
+        .route("/admin/subscriptions/{name}/reset", post(reset))
+        .route("/admin/dead-letters", get(dead_letters))
+        .route("/admin/dead-letters/{id}/replay", post(replay))
         .route_layer(middleware::from_fn_with_state(runtime, authorize))
 }
 
@@ -30,9 +35,7 @@ async fn authorize(State(runtime): State<Arc<Runtime>>, request: Request, next: 
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
     match (runtime.admin_token(), presented) {
-        (Some(expected), Some(presented))
-            if constant_time_eq(expected.as_bytes(), presented.as_bytes()) =>
-        {
+        (Some(expected), Some(presented)) if constant_time_eq(expected.as_bytes(), presented.as_bytes()) => {
             next.run(request).await
         }
         (None, _) => error(
@@ -67,11 +70,7 @@ async fn start(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) ->
 
 fn set_running(runtime: &Runtime, name: &str, running: bool) -> Response {
     if !runtime.registry.set_running(name, running) {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            &format!("no component `{name}`"),
-        );
+        return error(StatusCode::NOT_FOUND, "not-found", &format!("no component `{name}`"));
     }
     tracing::info!(component = %name, running, "component state changed by operator");
     let state = if running { "running" } else { "stopped" };
@@ -83,9 +82,136 @@ fn set_running(runtime: &Runtime, name: &str, running: bool) -> Response {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": code, "message": message }))).into_response()
+}
+
+/// One subscription as `GET /admin/subscriptions` shows it.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Subscription {
+    consumer: String,
+    topic: String,
+    state: &'static str,
+    /// Everything up to here is delivered.
+    position: u64,
+    /// The topic's last position.
+    head: u64,
+    /// Events of the topic after `position`.
+    lag: u64,
+    #[serde(flatten)]
+    stats: SubscriptionStats,
+}
+
+async fn subscriptions(State(runtime): State<Arc<Runtime>>) -> Response {
+    let mut all = Vec::new();
+    for (consumer, settings) in &runtime.config.components {
+        let running = runtime.registry.get(consumer).is_some();
+        for topic in &settings.subscribe {
+            let bus = &runtime.bus;
+            let position = match bus.position(consumer, topic).await {
+                Ok(position) => position,
+                Err(err) => return internal(err),
+            };
+            let (head, lag) = match bus.head_and_lag(topic, position).await {
+                Ok(found) => found,
+                Err(err) => return internal(err),
+            };
+            all.push(Subscription {
+                consumer: consumer.clone(),
+                topic: topic.clone(),
+                state: if running { "running" } else { "stopped" },
+                position,
+                head,
+                lag,
+                stats: runtime.stats.get(consumer, topic),
+            });
+        }
+    }
+    Json(all).into_response()
+}
+
+/// Replays the whole log into a component that rebuilds itself from events:
+/// its `reset` drops its derived state and its inbox, and its positions go
+/// back to the start.
+async fn reset(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) -> Response {
+    let Some(settings) = runtime.config.components.get(&name) else {
+        return error(StatusCode::NOT_FOUND, "not-found", &format!("no component `{name}`"));
+    };
+    let Some(loaded) = runtime.registry.get(&name) else {
+        return error(
+            StatusCode::CONFLICT,
+            "stopped",
+            &format!("component `{name}` is stopped; start it first"),
+        );
+    };
+    if settings.subscribe.is_empty() {
+        return error(
+            StatusCode::CONFLICT,
+            "no-subscriptions",
+            &format!("component `{name}` subscribes to nothing"),
+        );
+    }
+    // Dispatchers of this component pause at a batch boundary meanwhile.
+    let _turn = loaded.slot.delivery.lock().await;
+    match loaded.reset().await {
+        Ok(Ok(())) => {}
+        Ok(Err(refusal)) => return error(StatusCode::CONFLICT, "cannot-reset", &refusal),
+        Err(err) => return internal(err),
+    }
+    for topic in &settings.subscribe {
+        if let Err(err) = runtime.bus.commit(&name, topic, 0).await {
+            return internal(err);
+        }
+    }
+    loaded.slot.resets.send_modify(|generation| *generation += 1);
+    tracing::info!(component = %name, "subscriptions reset; replaying the log");
     (
-        status,
-        Json(serde_json::json!({ "error": code, "message": message })),
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "component": name, "topics": settings.subscribe, "replaying": true })),
     )
         .into_response()
+}
+
+async fn dead_letters(State(runtime): State<Arc<Runtime>>) -> Response {
+    match runtime.bus.dead_letters().await {
+        Ok(letters) => Json(letters).into_response(),
+        Err(err) => internal(err),
+    }
+}
+
+/// Delivers a dead letter once more, now; on success it leaves the store.
+async fn replay(State(runtime): State<Arc<Runtime>>, Path(id): Path<i64>) -> Response {
+    let letters = match runtime.bus.dead_letters().await {
+        Ok(letters) => letters,
+        Err(err) => return internal(err),
+    };
+    let Some(letter) = letters.into_iter().find(|letter| letter.id == id) else {
+        return error(StatusCode::NOT_FOUND, "not-found", &format!("no dead letter {id}"));
+    };
+    let Some(loaded) = runtime.registry.get(&letter.consumer) else {
+        let message = format!("component `{}` is stopped; start it first", letter.consumer);
+        return error(StatusCode::CONFLICT, "stopped", &message);
+    };
+    match delivery::deliver_once(&loaded, &delivery::to_event(&letter.event)).await {
+        Ok(_) => {
+            if let Err(err) = runtime.bus.remove_dead_letter(id).await {
+                return internal(err);
+            }
+            tracing::info!(dead_letter = id, consumer = %letter.consumer, event = %letter.event.id, "dead letter replayed");
+            Json(serde_json::json!({ "id": id, "replayed": true })).into_response()
+        }
+        Err(err) => {
+            let message = format!("the event still fails: {err:#}");
+            error(StatusCode::CONFLICT, "replay-failed", &message)
+        }
+    }
+}
+
+fn internal(err: anyhow::Error) -> Response {
+    tracing::error!(cause = %format!("{err:#}"), "admin request failed");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the host failed; see its log",
+    )
 }

@@ -31,6 +31,33 @@ pub struct Envelope {
     pub payload: String,
 }
 
+/// An event a consumer could not apply within its attempts.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub id: i64,
+    pub consumer: String,
+    pub topic: String,
+    /// The event's position in its topic.
+    pub position: u64,
+    pub attempts: u32,
+    pub last_error: String,
+    /// When it was dead-lettered, milliseconds since the Unix epoch.
+    pub time: u64,
+    #[serde(serialize_with = "envelope_json")]
+    pub event: Envelope,
+}
+
+fn envelope_json<S: serde::Serializer>(e: &Envelope, s: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize as _;
+    serde_json::json!({
+        "id": e.id, "topic": e.topic, "key": e.key, "type": e.event_type, "source": e.source,
+        "time": e.time, "schemaVersion": e.schema_version,
+        "payload": serde_json::from_str::<serde_json::Value>(&e.payload).unwrap_or(serde_json::Value::Null),
+    })
+    .serialize(s)
+}
+
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
     /// Appends events in order; an event whose id is already in the log is
@@ -38,17 +65,22 @@ pub trait EventBus: Send + Sync + 'static {
     async fn append(&self, events: &[Envelope]) -> anyhow::Result<()>;
     /// Up to `limit` events of `topic` after `position`, oldest first, each
     /// with its own position.
-    async fn read(
-        &self,
-        topic: &str,
-        position: u64,
-        limit: usize,
-    ) -> anyhow::Result<Vec<(u64, Envelope)>>;
+    async fn read(&self, topic: &str, position: u64, limit: usize) -> anyhow::Result<Vec<(u64, Envelope)>>;
     /// Where `consumer` stands in `topic`: everything up to it is delivered.
     async fn position(&self, consumer: &str, topic: &str) -> anyhow::Result<u64>;
     async fn commit(&self, consumer: &str, topic: &str, position: u64) -> anyhow::Result<()>;
     /// Changes whenever events are appended.
     fn watch(&self) -> watch::Receiver<u64>;
+    /// The last position of `topic` (0 when empty), and how many events of
+    /// it lie after `position`.
+    async fn head_and_lag(&self, topic: &str, position: u64) -> anyhow::Result<(u64, u64)>;
+    async fn add_dead_letter(&self, letter: &DeadLetter) -> anyhow::Result<()>;
+    async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>>;
+    async fn remove_dead_letter(&self, id: i64) -> anyhow::Result<()>;
+    /// Deletes events of `topic` up to `delivered` (every consumer is past
+    /// them) that are older than `before_time` or not among the newest
+    /// `keep` events; returns how many went.
+    async fn prune(&self, topic: &str, delivered: u64, before_time: u64, keep: u64) -> anyhow::Result<usize>;
 }
 
 pub struct SqliteBus {
@@ -58,8 +90,7 @@ pub struct SqliteBus {
 
 impl SqliteBus {
     pub fn open(path: &Path) -> anyhow::Result<SqliteBus> {
-        let conn = Connection::open(path)
-            .with_context(|| format!("failed to open event log {}", path.display()))?;
+        let conn = Connection::open(path).with_context(|| format!("failed to open event log {}", path.display()))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
@@ -80,13 +111,26 @@ impl SqliteBus {
                  topic TEXT NOT NULL,
                  position INTEGER NOT NULL,
                  PRIMARY KEY (consumer, topic)
-             ) WITHOUT ROWID;",
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS dead_letters (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 consumer TEXT NOT NULL,
+                 topic TEXT NOT NULL,
+                 position INTEGER NOT NULL,
+                 attempts INTEGER NOT NULL,
+                 last_error TEXT NOT NULL,
+                 time INTEGER NOT NULL,
+                 event_id TEXT NOT NULL,
+                 key TEXT NOT NULL,
+                 type TEXT NOT NULL,
+                 source TEXT NOT NULL,
+                 event_time INTEGER NOT NULL,
+                 schema_version INTEGER NOT NULL,
+                 payload TEXT NOT NULL
+             );",
         )
         .with_context(|| format!("failed to prepare event log {}", path.display()))?;
-        let last: u64 =
-            conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
-                row.get(0)
-            })?;
+        let last: u64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| row.get(0))?;
         Ok(SqliteBus {
             conn: Mutex::new(conn),
             appended: watch::Sender::new(last),
@@ -96,10 +140,7 @@ impl SqliteBus {
     fn with<R>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<R>) -> anyhow::Result<R> {
         // A panic while holding this lock is a host bug; keep going with the
         // connection, which SQLite keeps consistent on its own.
-        let mut conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         Ok(f(&mut conn)?)
     }
 }
@@ -116,7 +157,14 @@ impl EventBus for SqliteBus {
                 )?;
                 for e in events {
                     insert.execute(params![
-                        e.id, e.topic, e.key, e.event_type, e.source, e.time, e.schema_version, e.payload
+                        e.id,
+                        e.topic,
+                        e.key,
+                        e.event_type,
+                        e.source,
+                        e.time,
+                        e.schema_version,
+                        e.payload
                     ])?;
                 }
             }
@@ -128,12 +176,7 @@ impl EventBus for SqliteBus {
         Ok(())
     }
 
-    async fn read(
-        &self,
-        topic: &str,
-        position: u64,
-        limit: usize,
-    ) -> anyhow::Result<Vec<(u64, Envelope)>> {
+    async fn read(&self, topic: &str, position: u64, limit: usize) -> anyhow::Result<Vec<(u64, Envelope)>> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT position, id, topic, key, type, source, time, schema_version, payload
@@ -181,6 +224,100 @@ impl EventBus for SqliteBus {
     fn watch(&self) -> watch::Receiver<u64> {
         self.appended.subscribe()
     }
+
+    async fn head_and_lag(&self, topic: &str, position: u64) -> anyhow::Result<(u64, u64)> {
+        self.with(|conn| {
+            conn.prepare_cached(
+                "SELECT COALESCE(MAX(position), 0), COUNT(*) FILTER (WHERE position > ?2) FROM events WHERE topic = ?1",
+            )?
+            .query_row(params![topic, position], |row| Ok((row.get(0)?, row.get(1)?)))
+        })
+    }
+
+    async fn add_dead_letter(&self, l: &DeadLetter) -> anyhow::Result<()> {
+        let e = &l.event;
+        self.with(|conn| {
+            conn.prepare_cached(
+                "INSERT INTO dead_letters (consumer, topic, position, attempts, last_error, time,
+                     event_id, key, type, source, event_time, schema_version, payload)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                l.consumer,
+                l.topic,
+                l.position,
+                l.attempts,
+                l.last_error,
+                l.time,
+                e.id,
+                e.key,
+                e.event_type,
+                e.source,
+                e.time,
+                e.schema_version,
+                e.payload
+            ])
+            .map(drop)
+        })
+    }
+
+    async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, consumer, topic, position, attempts, last_error, time,
+                        event_id, key, type, source, event_time, schema_version, payload
+                 FROM dead_letters ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok(DeadLetter {
+                    id: row.get(0)?,
+                    consumer: row.get(1)?,
+                    topic: row.get(2)?,
+                    position: row.get(3)?,
+                    attempts: row.get(4)?,
+                    last_error: row.get(5)?,
+                    time: row.get(6)?,
+                    event: Envelope {
+                        id: row.get(7)?,
+                        topic: row.get(2)?,
+                        key: row.get(8)?,
+                        event_type: row.get(9)?,
+                        source: row.get(10)?,
+                        time: row.get(11)?,
+                        schema_version: row.get(12)?,
+                        payload: row.get(13)?,
+                    },
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    async fn remove_dead_letter(&self, id: i64) -> anyhow::Result<()> {
+        self.with(|conn| {
+            conn.prepare_cached("DELETE FROM dead_letters WHERE id = ?")?
+                .execute([id])
+                .map(drop)
+        })
+    }
+
+    async fn prune(&self, topic: &str, delivered: u64, before_time: u64, keep: u64) -> anyhow::Result<usize> {
+        self.with(|conn| {
+            // The newest `keep` events of the topic start after this position.
+            let beyond_count: u64 = if keep == 0 {
+                0
+            } else {
+                conn.prepare_cached(
+                    "SELECT COALESCE((SELECT position FROM events WHERE topic = ?1 ORDER BY position DESC LIMIT 1 OFFSET ?2), 0)",
+                )?
+                .query_row(params![topic, keep], |row| row.get(0))?
+            };
+            conn.prepare_cached(
+                "DELETE FROM events WHERE topic = ?1 AND position <= ?2 AND (time < ?3 OR position <= ?4)",
+            )?
+            .execute(params![topic, delivered, before_time, beyond_count])
+        })
+    }
 }
 
 #[cfg(test)]
@@ -204,14 +341,10 @@ mod tests {
     async fn appends_once_and_reads_by_topic() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let bus = SqliteBus::open(&dir.path().join("bus.db"))?;
-        bus.append(&[event("a", "t"), event("b", "u"), event("c", "t")])
-            .await?;
+        bus.append(&[event("a", "t"), event("b", "u"), event("c", "t")]).await?;
         bus.append(&[event("c", "t")]).await?;
         let read = bus.read("t", 0, 10).await?;
-        assert_eq!(
-            read.iter().map(|(_, e)| e.id.as_str()).collect::<Vec<_>>(),
-            ["a", "c"]
-        );
+        assert_eq!(read.iter().map(|(_, e)| e.id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
         assert_eq!(bus.read("t", read[0].0, 10).await?.len(), 1);
         assert_eq!(bus.position("view", "t").await?, 0);
         bus.commit("view", "t", 3).await?;

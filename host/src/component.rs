@@ -38,6 +38,25 @@ pub struct Slot {
     pub limits: Limits,
     /// Woken after every commit that published events.
     pub relay: Notify,
+    /// Held by a dispatcher while it delivers a batch to this component,
+    /// and by a reset, so that a reset never races a position update.
+    pub delivery: tokio::sync::Mutex<()>,
+    /// Bumped by a reset: dispatchers then reload their positions.
+    pub resets: watch::Sender<u64>,
+}
+
+impl Slot {
+    pub fn new(name: &str, db: Database, config: WasiConfigVariables, limits: Limits) -> Slot {
+        Slot {
+            name: name.into(),
+            db: Arc::new(db),
+            config: Arc::new(config),
+            limits,
+            relay: Notify::new(),
+            delivery: tokio::sync::Mutex::new(()),
+            resets: watch::Sender::new(0),
+        }
+    }
 }
 
 /// One loaded version of a component.
@@ -138,6 +157,29 @@ impl Loaded {
         }
     }
 
+    /// Runs the component's `reset` export and empties its inbox in one
+    /// transaction, so that a replay of the log applies every event again.
+    /// The inner error is the component's refusal.
+    pub async fn reset(&self) -> anyhow::Result<Result<(), String>> {
+        let Some(indices) = &self.lifecycle else {
+            return Ok(Err("the component exports no lifecycle interface".into()));
+        };
+        let mut store = self.store();
+        let instance = self.instantiate(&mut store).await?;
+        let lifecycle = indices.load(&mut store, &instance)?;
+        if let Err(refusal) = lifecycle.call_reset(&mut store).await? {
+            return Ok(Err(refusal));
+        }
+        store
+            .data_mut()
+            .txn
+            .conn()
+            .await?
+            .execute("DELETE FROM _rc_inbox", [])?;
+        self.finish(&mut store, true)?;
+        Ok(Ok(()))
+    }
+
     /// Delivers one event to the component's `event-handler` in its own
     /// transaction, together with the inbox row that makes it idempotent.
     /// Returns `false` when the inbox shows the event was applied already.
@@ -222,13 +264,7 @@ impl Registry {
         self.entries
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                name,
-                Entry {
-                    loaded,
-                    running: true,
-                },
-            );
+            .insert(name, Entry { loaded, running: true });
         self.changed.send_modify(|generation| *generation += 1);
     }
 
@@ -242,6 +278,12 @@ impl Registry {
         drop(entries);
         self.changed.send_modify(|generation| *generation += 1);
         true
+    }
+
+    /// A component, running or not, and whether it runs.
+    pub fn entry(&self, name: &str) -> Option<(Arc<Loaded>, bool)> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries.get(name).map(|entry| (entry.loaded.clone(), entry.running))
     }
 
     /// Every component, running or not.

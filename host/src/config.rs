@@ -15,10 +15,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config: {0}")]
@@ -38,6 +35,49 @@ pub struct Config {
     pub links: Vec<Link>,
     #[serde(default)]
     pub admin: Admin,
+    #[serde(default)]
+    pub delivery: Delivery,
+}
+
+/// How events are delivered to subscribers, and how long the log keeps them.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// Attempts at delivering one event before it moves to the dead letters
+    /// and the consumer proceeds.
+    pub max_attempts: u32,
+    /// Wait after the first failed attempt; doubles up to `max_backoff_ms`.
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Partitions per subscription: events are split by a hash of their key
+    /// and partitions are delivered in parallel, in order within each.
+    pub partitions: u32,
+    /// Delivered events older than this are deleted from the log (0: keep).
+    pub retention_hours: u64,
+    /// At most this many delivered events are kept per topic (0: no limit).
+    pub retention_events: u64,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            max_attempts: 8,
+            backoff_ms: 50,
+            max_backoff_ms: 5_000,
+            partitions: 4,
+            retention_hours: 24 * 7,
+            retention_events: 1_000_000,
+        }
+    }
+}
+
+impl Delivery {
+    pub fn backoff(&self) -> (Duration, Duration) {
+        (
+            Duration::from_millis(self.backoff_ms),
+            Duration::from_millis(self.max_backoff_ms.max(self.backoff_ms)),
+        )
+    }
 }
 
 /// The operator's API under `/admin`.
@@ -173,8 +213,7 @@ impl Config {
     /// Parses and validates config text; relative paths are resolved
     /// against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config =
-            toml::from_str(text).map_err(|err| ConfigError::Invalid(err.to_string()))?;
+        let mut config: Config = toml::from_str(text).map_err(|err| ConfigError::Invalid(err.to_string()))?;
         for component in config.components.values_mut() {
             component.path = base.join(&component.path);
         }
@@ -193,14 +232,8 @@ impl Config {
         }
         let mut routes = BTreeMap::new();
         for (name, component) in &self.components {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return invalid(format!(
-                    "component name `{name}` must be letters, digits, `-` or `_`"
-                ));
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return invalid(format!("component name `{name}` must be letters, digits, `-` or `_`"));
             }
             for route in &component.routes {
                 if !route.starts_with('/') || route.len() < 2 || route.ends_with('/') {
@@ -217,16 +250,12 @@ impl Config {
                     ));
                 }
                 if let Some(other) = routes.insert(route.clone(), name.clone()) {
-                    return invalid(format!(
-                        "route `{route}` is claimed by both `{other}` and `{name}`"
-                    ));
+                    return invalid(format!("route `{route}` is claimed by both `{other}` and `{name}`"));
                 }
             }
             for topic in &component.subscribe {
                 if topic.is_empty() {
-                    return invalid(format!(
-                        "component `{name}` subscribes to an empty topic name"
-                    ));
+                    return invalid(format!("component `{name}` subscribes to an empty topic name"));
                 }
             }
             let limits = component.limits;
@@ -235,9 +264,7 @@ impl Config {
                 || limits.max_request_bytes == 0
                 || limits.max_response_bytes == 0
             {
-                return invalid(format!(
-                    "limits of component `{name}` must all be greater than zero"
-                ));
+                return invalid(format!("limits of component `{name}` must all be greater than zero"));
             }
         }
         for link in &self.links {
@@ -256,6 +283,10 @@ impl Config {
                 ));
             }
         }
+        let delivery = self.delivery;
+        if delivery.max_attempts == 0 || delivery.partitions == 0 || delivery.partitions > 64 {
+            return invalid("[delivery] needs max_attempts >= 1 and partitions from 1 to 64".into());
+        }
         self.check_links_acyclic()
     }
 
@@ -269,9 +300,7 @@ impl Config {
         ) -> Result<(), ConfigError> {
             if let Some(start) = path.iter().position(|n| *n == node) {
                 let cycle = path[start..].join(" -> ");
-                return Err(ConfigError::Invalid(format!(
-                    "links form a cycle: {cycle} -> {node}"
-                )));
+                return Err(ConfigError::Invalid(format!("links form a cycle: {cycle} -> {node}")));
             }
             path.push(node);
             for next in edges.get(node).into_iter().flatten() {
@@ -358,18 +387,8 @@ mod tests {
             interface = "x:y/z"
             "#,
         );
-        assert!(
-            cycle
-                .unwrap_err()
-                .to_string()
-                .contains("cycle: a -> b -> a")
-        );
+        assert!(cycle.unwrap_err().to_string().contains("cycle: a -> b -> a"));
         let unknown = parse("[components.a]\npath = \"a.wasm\"\nroutez = []\n");
-        assert!(
-            unknown
-                .unwrap_err()
-                .to_string()
-                .contains("unknown field `routez`")
-        );
+        assert!(unknown.unwrap_err().to_string().contains("unknown field `routez`"));
     }
 }

@@ -57,8 +57,7 @@ pub struct Database {
 
 impl Database {
     pub fn open(path: &Path) -> anyhow::Result<Database> {
-        let conn = Connection::open(path)
-            .with_context(|| format!("failed to open database {}", path.display()))?;
+        let conn = Connection::open(path).with_context(|| format!("failed to open database {}", path.display()))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
@@ -102,9 +101,7 @@ impl Database {
         if statement.to_ascii_lowercase().contains(HOST_TABLE_PREFIX) {
             return Err(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_AUTH),
-                Some(format!(
-                    "names starting with `{HOST_TABLE_PREFIX}` belong to the host"
-                )),
+                Some(format!("names starting with `{HOST_TABLE_PREFIX}` belong to the host")),
             ));
         }
         self.guest.store(true, Ordering::Relaxed);
@@ -136,9 +133,7 @@ fn authorize_guest(context: &AuthContext<'_>) -> Authorization {
         | AuthAction::Savepoint { .. }
         | AuthAction::CreateVtable { .. }
         | AuthAction::DropVtable { .. } => Authorization::Deny,
-        AuthAction::Function { function_name }
-            if function_name.eq_ignore_ascii_case("load_extension") =>
-        {
+        AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => {
             Authorization::Deny
         }
         _ => Authorization::Allow,
@@ -182,10 +177,7 @@ impl Transaction {
     /// The database and the connection of a transaction already begun.
     pub fn parts(&self) -> (&Database, &Connection) {
         // Callers begin the transaction with `conn` first.
-        (
-            &self.db,
-            self.conn.as_deref().expect("transaction has begun"),
-        )
+        (&self.db, self.conn.as_deref().expect("transaction has begun"))
     }
 
     /// Commits what the invocation did; returns how many events it published.
@@ -194,8 +186,7 @@ impl Transaction {
             && let Err(err) = conn.execute_batch("COMMIT")
         {
             let _ = conn.execute_batch("ROLLBACK");
-            return Err(err)
-                .with_context(|| format!("failed to commit to {}", self.db.path.display()));
+            return Err(err).with_context(|| format!("failed to commit to {}", self.db.path.display()));
         }
         Ok(std::mem::take(&mut self.published))
     }
@@ -240,10 +231,7 @@ mod tests {
             "DELETE FROM _RC_INBOX",
             "SELECT load_extension('x')",
         ] {
-            assert!(
-                db.prepare_guest(conn, denied).is_err(),
-                "{denied} must be denied"
-            );
+            assert!(db.prepare_guest(conn, denied).is_err(), "{denied} must be denied");
         }
         // The host's own statements still run on the same connection.
         conn.execute_batch("SELECT COUNT(*) FROM _rc_outbox")?;

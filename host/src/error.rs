@@ -19,10 +19,7 @@ pub enum ApiError {
     #[error("component `{0}` did not answer within its deadline")]
     Deadline(String),
     #[error("component `{component}` failed")]
-    ComponentFailed {
-        component: String,
-        cause: anyhow::Error,
-    },
+    ComponentFailed { component: String, cause: anyhow::Error },
 }
 
 impl ApiError {
@@ -33,9 +30,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid-request"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Deadline(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded"),
-            ApiError::ComponentFailed { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "component-failed")
-            }
+            ApiError::ComponentFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "component-failed"),
         }
     }
 }

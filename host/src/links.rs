@@ -37,11 +37,7 @@ pub fn define(
         .imports(engine)
         .any(|(import, _)| import == link.interface);
     if !imported {
-        bail!(
-            "{name}: `{}` does not import `{}`",
-            link.from,
-            link.interface
-        );
+        bail!("{name}: `{}` does not import `{}`", link.from, link.interface);
     }
     let functions = exported_functions(engine, callee, &link.interface)
         .with_context(|| format!("{name}: `{}` cannot serve it", link.to))?;
@@ -75,8 +71,7 @@ fn exported_functions(
 ) -> anyhow::Result<Vec<(String, ComponentFunc)>> {
     let ty = callee.component_type();
     let exported = ty.exports(engine).find(|(name, _)| *name == interface);
-    let Some(ComponentItem::ComponentInstance(instance)) = exported.map(|(_, export)| export.ty)
-    else {
+    let Some(ComponentItem::ComponentInstance(instance)) = exported.map(|(_, export)| export.ty) else {
         bail!("it does not export `{interface}`");
     };
     Ok(instance
@@ -107,12 +102,7 @@ fn check_shape(function: &str, ty: &ComponentFunc) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn call(
-    registry: &Registry,
-    link: &Link,
-    function: &str,
-    params: &[Val],
-) -> anyhow::Result<Val> {
+async fn call(registry: &Registry, link: &Link, function: &str, params: &[Val]) -> anyhow::Result<Val> {
     let callee = registry.get(&link.to).ok_or(NotRunning)?;
     let invocation = async {
         let mut store = callee.store();
@@ -124,9 +114,7 @@ async fn call(
         let index = component
             .get_export_index(Some(&interface), function)
             .context("function not exported")?;
-        let func = instance
-            .get_func(&mut store, index)
-            .context("function not exported")?;
+        let func = instance.get_func(&mut store, index).context("function not exported")?;
         let mut results = [Val::Bool(false)];
         func.call_async(&mut store, params, &mut results).await?;
         callee.finish(&mut store, true)?;
@@ -135,8 +123,7 @@ async fn call(
     };
     match tokio::time::timeout(link.timeout(), invocation).await {
         Ok(result) => result,
-        Err(_) => Err(anyhow!(DeadlineExceeded))
-            .with_context(|| format!("no answer within {} ms", link.timeout_ms)),
+        Err(_) => Err(anyhow!(DeadlineExceeded)).with_context(|| format!("no answer within {} ms", link.timeout_ms)),
     }
 }
 
@@ -154,9 +141,6 @@ fn unavailable(err: &anyhow::Error) -> Val {
     } else {
         "failed"
     };
-    let error = Val::Variant(
-        "unavailable".into(),
-        Some(Box::new(Val::String(reason.into()))),
-    );
+    let error = Val::Variant("unavailable".into(), Some(Box::new(Val::String(reason.into()))));
     Val::Result(Err(Some(Box::new(error))))
 }

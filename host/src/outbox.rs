@@ -32,9 +32,7 @@ impl Host for Invocation {
             .iter()
             .any(|s| s.is_empty() || s.len() > MAX_NAME)
         {
-            return Ok(Err(format!(
-                "topic, key and type must be 1 to {MAX_NAME} bytes"
-            )));
+            return Ok(Err(format!("topic, key and type must be 1 to {MAX_NAME} bytes")));
         }
         if payload.len() > MAX_PAYLOAD {
             return Ok(Err(format!("payload is over {MAX_PAYLOAD} bytes")));

@@ -42,14 +42,8 @@ async fn ready(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
     }
 }
 
-async fn dispatch(
-    State(runtime): State<Arc<Runtime>>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let name = runtime
-        .config
-        .route(request.uri().path())
-        .ok_or(ApiError::NoRoute)?;
+async fn dispatch(State(runtime): State<Arc<Runtime>>, request: Request) -> Result<Response, ApiError> {
+    let name = runtime.config.route(request.uri().path()).ok_or(ApiError::NoRoute)?;
     let loaded = runtime
         .registry
         .get(name)
@@ -92,10 +86,7 @@ async fn dispatch(
 /// Runs one request through a fresh instance and buffers its response; the
 /// transaction commits only if the guest returned normally with a status
 /// below 500.
-async fn invoke(
-    loaded: &Loaded,
-    request: hyper::Request<Full<Bytes>>,
-) -> Result<Response, ApiError> {
+async fn invoke(loaded: &Loaded, request: hyper::Request<Full<Bytes>>) -> Result<Response, ApiError> {
     let name = loaded.name().to_string();
     let failed = |cause: anyhow::Error| {
         if DeadlineExceeded::caused(&cause) {
@@ -115,14 +106,11 @@ async fn invoke(
     let mut store = loaded.store();
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let http = &mut store.data_mut().http();
-    let request =
-        request.map(|body| body.map_err(|never: Infallible| -> ErrorCode { match never {} }));
+    let request = request.map(|body| body.map_err(|never: Infallible| -> ErrorCode { match never {} }));
     let incoming = http
         .new_incoming_request(Scheme::Http, request)
         .map_err(|e| failed(e.into()))?;
-    let outparam = http
-        .new_response_outparam(sender)
-        .map_err(|e| failed(e.into()))?;
+    let outparam = http.new_response_outparam(sender).map_err(|e| failed(e.into()))?;
 
     // The guest runs while its response body is collected. On a trap the
     // store is dropped inside `guest`, which closes the response channel.

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use tokio::sync::Notify;
 use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime_wasi_config::WasiConfigVariables;
@@ -22,6 +21,7 @@ use crate::bus::{EventBus, SqliteBus};
 use crate::component::{Loaded, Registry, Slot};
 use crate::config::Config;
 use crate::database::Database;
+use crate::delivery::Stats;
 use crate::engine::{self, EpochTicker};
 use crate::invocation::Invocation;
 use crate::links;
@@ -30,6 +30,7 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
     pub bus: Arc<dyn EventBus>,
+    pub stats: Arc<Stats>,
     ready: AtomicBool,
     /// Drives deadlines for as long as the runtime lives.
     _ticker: EpochTicker,
@@ -64,6 +65,7 @@ impl Runtime {
             config,
             registry,
             bus,
+            stats: Arc::default(),
             ready: AtomicBool::new(false),
             _ticker: ticker,
         })
@@ -72,11 +74,7 @@ impl Runtime {
     /// The admin API's bearer token: `RENTCAR_ADMIN_TOKEN`, else the
     /// config's `[admin] token`.
     pub fn admin_token(&self) -> Option<&str> {
-        self.config
-            .admin
-            .token
-            .as_deref()
-            .filter(|token| !token.is_empty())
+        self.config.admin.token.as_deref().filter(|token| !token.is_empty())
     }
 
     pub fn is_ready(&self) -> bool {
@@ -95,11 +93,7 @@ fn load_order(config: &Config) -> Vec<String> {
     while order.len() < config.components.len() {
         for name in config.components.keys() {
             let placed = |n: &String| order.contains(n);
-            let ready = config
-                .links
-                .iter()
-                .filter(|l| &l.from == name)
-                .all(|l| placed(&l.to));
+            let ready = config.links.iter().filter(|l| &l.from == name).all(|l| placed(&l.to));
             if !placed(name) && ready {
                 order.push(name.clone());
             }
@@ -139,19 +133,8 @@ async fn load_component(
         )?;
 
     let db_path = config.server.data_dir.join(format!("{name}.db"));
-    let slot = Arc::new(Slot {
-        name: name.into(),
-        db: Arc::new(Database::open(&db_path)?),
-        config: Arc::new(
-            settings
-                .config
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect::<WasiConfigVariables>(),
-        ),
-        limits: settings.limits,
-        relay: Notify::new(),
-    });
+    let config: WasiConfigVariables = settings.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let slot = Arc::new(Slot::new(name, Database::open(&db_path)?, config, settings.limits));
     let loaded = Loaded::new(slot, pre);
     if !settings.routes.is_empty() && loaded.proxy.is_none() {
         bail!("it has routes but does not export wasi:http/incoming-handler");

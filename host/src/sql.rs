@@ -8,11 +8,7 @@ use crate::invocation::Invocation;
 
 impl Host for Invocation {
     #[tracing::instrument(skip_all, fields(component = %self.component))]
-    async fn execute(
-        &mut self,
-        statement: String,
-        params: Vec<Value>,
-    ) -> wasmtime::Result<Result<Changes, Error>> {
+    async fn execute(&mut self, statement: String, params: Vec<Value>) -> wasmtime::Result<Result<Changes, Error>> {
         Ok(self
             .run(&statement, params, |stmt, params| {
                 let rows_affected = stmt.execute(rusqlite::params_from_iter(params))? as u64;
@@ -60,8 +56,7 @@ impl Invocation {
         self.txn.conn().await.map_err(to_error)?;
         let (db, conn) = self.txn.parts();
         let mut stmt = db.prepare_guest(conn, statement).map_err(to_error)?;
-        let result =
-            f(&mut stmt, params.into_iter().map(from_guest).collect()).map_err(to_error)?;
+        let result = f(&mut stmt, params.into_iter().map(from_guest).collect()).map_err(to_error)?;
         Ok((result, conn.last_insert_rowid()))
     }
 }

@@ -12,15 +12,14 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-/// The guest crates, each built into `target/wasm32-wasip2/release/NAME.wasm`.
-const COMPONENTS: &[&str] = &["order", "payment", "rentcar", "view"];
+/// The guest crates, each built into `target/wasm32-wasip2/release/NAME.wasm`:
+/// the four bounded contexts, and the components only the tests load.
+const COMPONENTS: &[&str] = &["order", "payment", "rentcar", "view", "probe"];
 const GUEST_TARGET: &str = "wasm32-wasip2";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (task, rest) = args
-        .split_first()
-        .map_or(("help", &[][..]), |(t, r)| (t.as_str(), r));
+    let (task, rest) = args.split_first().map_or(("help", &[][..]), |(t, r)| (t.as_str(), r));
     match task {
         "build" => build(),
         "run" => {
@@ -50,9 +49,7 @@ fn build() -> anyhow::Result<()> {
     }
     // Flags meant for the host (e.g. `-C target-cpu=native`) must not leak
     // into the guests.
-    guests
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS");
+    guests.env_remove("CARGO_ENCODED_RUSTFLAGS").env_remove("RUSTFLAGS");
     run(&mut guests)?;
     run(cargo().args(["build", "--release", "-p", "rentcar-host"]))
 }
@@ -86,9 +83,7 @@ fn root() -> PathBuf {
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("failed to run {command:?}"))?;
+    let status = command.status().with_context(|| format!("failed to run {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed with {status}");
     }

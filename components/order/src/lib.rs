@@ -16,10 +16,7 @@
 //! order is not cancelled (died between the two commits of a cancel) cancels
 //! the order.
 
-#![allow(
-    unsafe_code,
-    reason = "the export glue that wit-bindgen generates is unsafe"
-)]
+#![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
 use rentcar_sdk::db::{self, Row};
 use rentcar_sdk::{Request, Response};
@@ -107,8 +104,7 @@ struct OrderEvent {
 impl event_handler::Guest for Component {
     fn handle(event: Event) -> Result<(), String> {
         let parse = || -> Result<OrderEvent, String> {
-            serde_json::from_str(&event.payload)
-                .map_err(|err| format!("bad {} payload: {err}", event.event_type))
+            serde_json::from_str(&event.payload).map_err(|err| format!("bad {} payload: {err}", event.event_type))
         };
         let result = match event.event_type.as_str() {
             // Only a paid order moves on; one cancelled meanwhile stays so.
@@ -143,24 +139,15 @@ fn abandon_if_missing(event: OrderEvent) -> Result<(), db::Error> {
         &[event.order_id.into(), event.payment_id.into()],
     )?;
     if exists.is_none() {
-        let payload =
-            serde_json::json!({ "orderId": event.order_id, "paymentId": event.payment_id });
-        rentcar_sdk::publish(
-            TOPIC,
-            &event.order_id.to_string(),
-            "OrderAbandoned",
-            &payload,
-        )
-        .map_err(db::Error::Other)?;
+        let payload = serde_json::json!({ "orderId": event.order_id, "paymentId": event.payment_id });
+        rentcar_sdk::publish(TOPIC, &event.order_id.to_string(), "OrderAbandoned", &payload)
+            .map_err(db::Error::Other)?;
     }
     Ok(())
 }
 
 impl wasip2::exports::http::incoming_handler::Guest for Component {
-    fn handle(
-        request: wasip2::http::types::IncomingRequest,
-        out: wasip2::http::types::ResponseOutparam,
-    ) {
+    fn handle(request: wasip2::http::types::IncomingRequest, out: wasip2::http::types::ResponseOutparam) {
         rentcar_sdk::serve(request, out, route);
     }
 }
@@ -183,10 +170,7 @@ fn route(request: Request) -> Response {
     result.unwrap_or_else(|err| Response::internal(&err.to_string()))
 }
 
-fn with_id(
-    id: &str,
-    then: impl FnOnce(u64) -> Result<Response, db::Error>,
-) -> Result<Response, db::Error> {
+fn with_id(id: &str, then: impl FnOnce(u64) -> Result<Response, db::Error>) -> Result<Response, db::Error> {
     match id.parse::<u64>() {
         Ok(id) => then(id),
         Err(_) => Ok(Response::bad_request("order id must be a positive integer")),
@@ -208,23 +192,17 @@ fn place(request: &Request) -> Result<Response, db::Error> {
     };
     let customer = new.customer.trim();
     if new.qty == 0 || new.qty > MAX_QTY {
-        return Ok(Response::bad_request(&format!(
-            "qty must be between 1 and {MAX_QTY}"
-        )));
+        return Ok(Response::bad_request(&format!("qty must be between 1 and {MAX_QTY}")));
     }
     if new.car_id == 0 {
         return Ok(Response::bad_request("carId must be a positive integer"));
     }
     if customer.is_empty() || customer.len() > 200 {
-        return Ok(Response::bad_request(
-            "customer must be 1 to 200 characters",
-        ));
+        return Ok(Response::bad_request("customer must be 1 to 200 characters"));
     }
     let key = request.header("idempotency-key").map(str::trim);
     if key.is_some_and(|key| key.is_empty() || key.len() > 200) {
-        return Ok(Response::bad_request(
-            "Idempotency-Key must be 1 to 200 characters",
-        ));
+        return Ok(Response::bad_request("Idempotency-Key must be 1 to 200 characters"));
     }
 
     // This first statement also takes order's write turn before payment is
@@ -234,9 +212,7 @@ fn place(request: &Request) -> Result<Response, db::Error> {
         &[key.unwrap_or_default().into()],
     )?;
     if let Some(order) = earlier.map(from_row) {
-        let same = order.car_id as u64 == new.car_id
-            && order.qty == i64::from(new.qty)
-            && order.customer == customer;
+        let same = order.car_id as u64 == new.car_id && order.qty == i64::from(new.qty) && order.customer == customer;
         if !same {
             return Ok(Response::error(
                 422,
@@ -271,10 +247,7 @@ fn cancel(order_id: u64) -> Result<Response, db::Error> {
         return Ok(Response::not_found(&format!("no order {order_id}")));
     };
     if !matches!(order.status.as_str(), "PAID" | "RESERVED") {
-        return Ok(Response::conflict(&format!(
-            "order {order_id} is {}",
-            order.status
-        )));
+        return Ok(Response::conflict(&format!("order {order_id} is {}", order.status)));
     }
     let payment_id = order.payment_id as u64;
     if let Err(err) = payments::cancel(payment_id) {
@@ -299,9 +272,7 @@ fn payment_failure(err: CallError) -> Response {
             response.headers.push(("retry-after".into(), "1".into()));
             response
         }
-        CallError::NotFound => {
-            Response::error(409, "conflict", "the order's payment does not exist")
-        }
+        CallError::NotFound => Response::error(409, "conflict", "the order's payment does not exist"),
         CallError::Conflict(reason) => Response::conflict(&reason),
         CallError::Invalid(reason) => Response::bad_request(&reason),
     }

@@ -7,10 +7,7 @@
 //! (the host died between the two commits). HTTP: `GET /payments`, `GET /payments?orderId=..`,
 //! `GET /payments/{id}`.
 
-#![allow(
-    unsafe_code,
-    reason = "the export glue that wit-bindgen generates is unsafe"
-)]
+#![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
 use rentcar_sdk::db::{self, Row};
 use rentcar_sdk::{Request, Response, publish};
@@ -66,11 +63,7 @@ impl payments::Guest for Component {
         )
         .map_err(internal)?;
         let id = changes.last_insert_id as u64;
-        db::execute(
-            "UPDATE payments SET order_id = id WHERE id = ?",
-            &[id.into()],
-        )
-        .map_err(internal)?;
+        db::execute("UPDATE payments SET order_id = id WHERE id = ?", &[id.into()]).map_err(internal)?;
         let payment = Payment {
             id,
             order_id: id,
@@ -112,10 +105,7 @@ struct Refund {
 
 impl event_handler::Guest for Component {
     fn handle(event: Event) -> Result<(), String> {
-        if !matches!(
-            event.event_type.as_str(),
-            "ReservationRejected" | "OrderAbandoned"
-        ) {
+        if !matches!(event.event_type.as_str(), "ReservationRejected" | "OrderAbandoned") {
             return Ok(());
         }
         let refund: Refund = serde_json::from_str(&event.payload).map_err(|err| err.to_string())?;
@@ -137,8 +127,7 @@ impl event_handler::Guest for Component {
 const SELECT: &str = "SELECT id, order_id, car_id, qty, customer, status FROM payments";
 
 fn find(payment_id: u64) -> Result<Option<Payment>, CallError> {
-    let row =
-        db::query_row(&format!("{SELECT} WHERE id = ?"), &[payment_id.into()]).map_err(internal)?;
+    let row = db::query_row(&format!("{SELECT} WHERE id = ?"), &[payment_id.into()]).map_err(internal)?;
     Ok(row.map(from_row))
 }
 
@@ -209,10 +198,7 @@ fn announce(event_type: &str, payment: &Payment) -> Result<(), CallError> {
 }
 
 impl wasip2::exports::http::incoming_handler::Guest for Component {
-    fn handle(
-        request: wasip2::http::types::IncomingRequest,
-        out: wasip2::http::types::ResponseOutparam,
-    ) {
+    fn handle(request: wasip2::http::types::IncomingRequest, out: wasip2::http::types::ResponseOutparam) {
         rentcar_sdk::serve(request, out, route);
     }
 }
@@ -236,10 +222,7 @@ fn route(request: Request) -> Response {
 fn list(request: &Request) -> Response {
     let rows = match request.query_param("orderId") {
         Some(order_id) => match order_id.parse::<u64>() {
-            Ok(order_id) => db::query(
-                &format!("{SELECT} WHERE order_id = ? ORDER BY id"),
-                &[order_id.into()],
-            ),
+            Ok(order_id) => db::query(&format!("{SELECT} WHERE order_id = ? ORDER BY id"), &[order_id.into()]),
             Err(_) => return Response::bad_request("orderId must be a positive integer"),
         },
         None => db::query(&format!("{SELECT} ORDER BY id"), &[]),

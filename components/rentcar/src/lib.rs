@@ -8,10 +8,7 @@
 //! models never need to ask rentcar. The stock check is a single conditional
 //! `UPDATE`, so no car is ever over-booked.
 
-#![allow(
-    unsafe_code,
-    reason = "the export glue that wit-bindgen generates is unsafe"
-)]
+#![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
 use rentcar_sdk::db::{self, Row};
 use rentcar_sdk::{Request, Response, config, publish};
@@ -124,8 +121,7 @@ impl event_handler::Guest for Component {
 }
 
 fn parse(event: &Event) -> Result<PaymentEvent, String> {
-    serde_json::from_str(&event.payload)
-        .map_err(|err| format!("bad {} payload: {err}", event.event_type))
+    serde_json::from_str(&event.payload).map_err(|err| format!("bad {} payload: {err}", event.event_type))
 }
 
 fn reserve(payment: PaymentEvent) -> Result<(), db::Error> {
@@ -200,10 +196,7 @@ fn announce(
 }
 
 impl wasip2::exports::http::incoming_handler::Guest for Component {
-    fn handle(
-        request: wasip2::http::types::IncomingRequest,
-        out: wasip2::http::types::ResponseOutparam,
-    ) {
+    fn handle(request: wasip2::http::types::IncomingRequest, out: wasip2::http::types::ResponseOutparam) {
         rentcar_sdk::serve(request, out, route);
     }
 }
@@ -244,9 +237,7 @@ fn register(request: &Request) -> Result<Response, db::Error> {
         return Ok(Response::bad_request("name must be 1 to 200 characters"));
     }
     if new.stock > MAX_STOCK {
-        return Ok(Response::bad_request(&format!(
-            "stock must be at most {MAX_STOCK}"
-        )));
+        return Ok(Response::bad_request(&format!("stock must be at most {MAX_STOCK}")));
     }
     let changes = db::execute(
         "INSERT INTO cars (name, stock, available, version) VALUES (?1, ?2, ?2, 1)",
@@ -260,13 +251,7 @@ fn register(request: &Request) -> Result<Response, db::Error> {
         version: 1,
     };
     let key = format!("car-{}", car.id);
-    publish(
-        TOPIC,
-        &key,
-        "CarRegistered",
-        &serde_json::json!({ "car": &car }),
-    )
-    .map_err(db::Error::Other)?;
+    publish(TOPIC, &key, "CarRegistered", &serde_json::json!({ "car": &car })).map_err(db::Error::Other)?;
     Ok(Response::json(201, &car))
 }
 

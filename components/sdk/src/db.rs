@@ -58,10 +58,7 @@ pub fn execute(statement: &str, params: &[Value]) -> Result<Changes, Error> {
 }
 
 pub fn query(statement: &str, params: &[Value]) -> Result<Vec<Row>, Error> {
-    Ok(sql::query(statement, params)?
-        .into_iter()
-        .map(Row)
-        .collect())
+    Ok(sql::query(statement, params)?.into_iter().map(Row).collect())
 }
 
 pub fn query_row(statement: &str, params: &[Value]) -> Result<Option<Row>, Error> {
@@ -75,19 +72,13 @@ pub fn migrate(migrations: &[&str]) -> Result<(), Error> {
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)",
         &[],
     )?;
-    let applied = query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-        &[],
-    )?
-    .map_or(0, |row| row.int(0));
+    let applied =
+        query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])?.map_or(0, |row| row.int(0));
     for (index, migration) in migrations.iter().enumerate() {
         let version = index as i64 + 1;
         if version > applied {
             execute(migration, &[])?;
-            execute(
-                "INSERT INTO schema_migrations (version) VALUES (?)",
-                &[version.into()],
-            )?;
+            execute("INSERT INTO schema_migrations (version) VALUES (?)", &[version.into()])?;
         }
     }
     Ok(())

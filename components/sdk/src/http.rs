@@ -1,8 +1,6 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use wasip2::http::types::{
-    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
+use wasip2::http::types::{Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
 /// A buffered HTTP request as a handler sees it.
 #[derive(Debug)]
@@ -43,8 +41,7 @@ impl Request {
 
     /// Parses the body as JSON, or answers 400 with what is wrong with it.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Response> {
-        serde_json::from_slice(&self.body)
-            .map_err(|err| Response::error(400, "invalid-body", &err.to_string()))
+        serde_json::from_slice(&self.body).map_err(|err| Response::error(400, "invalid-body", &err.to_string()))
     }
 }
 
@@ -69,10 +66,7 @@ impl Response {
 
     /// The API's error shape: `{"error":"<code>","message":"..."}`.
     pub fn error(status: u16, code: &str, message: &str) -> Response {
-        Response::json(
-            status,
-            &serde_json::json!({ "error": code, "message": message }),
-        )
+        Response::json(status, &serde_json::json!({ "error": code, "message": message }))
     }
 
     pub fn not_found(message: &str) -> Response {
@@ -99,11 +93,7 @@ impl Response {
 }
 
 /// Reads the incoming request, runs `handler` and writes its response.
-pub fn serve(
-    request: IncomingRequest,
-    out: ResponseOutparam,
-    handler: impl FnOnce(Request) -> Response,
-) {
+pub fn serve(request: IncomingRequest, out: ResponseOutparam, handler: impl FnOnce(Request) -> Response) {
     let response = match read(request) {
         Ok(request) => handler(request),
         Err(message) => Response::bad_request(&message),
@@ -129,9 +119,7 @@ fn read(request: IncomingRequest) -> Result<Request, String> {
         None => (path_with_query, None),
     };
     let headers = request.headers().entries();
-    let body = request
-        .consume()
-        .map_err(|()| "request body already consumed")?;
+    let body = request.consume().map_err(|()| "request body already consumed")?;
     let stream = body.stream().map_err(|()| "request body unreadable")?;
     let mut bytes = Vec::new();
     loop {

@@ -27,12 +27,7 @@ pub use bindings::wasi::config::store as config;
 
 /// Publishes an event with a JSON payload to the component's outbox, in the
 /// current transaction.
-pub fn publish(
-    topic: &str,
-    key: &str,
-    event_type: &str,
-    payload: &impl serde::Serialize,
-) -> Result<(), String> {
+pub fn publish(topic: &str, key: &str, event_type: &str, payload: &impl serde::Serialize) -> Result<(), String> {
     let payload = serde_json::to_string(payload).map_err(|err| err.to_string())?;
     events::publish(topic, key, event_type, &payload)
 }

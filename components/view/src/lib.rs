@@ -5,10 +5,7 @@
 //! car with a version, and a snapshot older than the one stored is ignored,
 //! so redelivery and reordering cannot move the view backwards.
 
-#![allow(
-    unsafe_code,
-    reason = "the export glue that wit-bindgen generates is unsafe"
-)]
+#![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
 use rentcar_sdk::db::{self, Row};
 use rentcar_sdk::{Request, Response};
@@ -66,8 +63,8 @@ struct Car {
 
 impl event_handler::Guest for Component {
     fn handle(event: Event) -> Result<(), String> {
-        let snapshot: Snapshot = serde_json::from_str(&event.payload)
-            .map_err(|err| format!("bad {} payload: {err}", event.event_type))?;
+        let snapshot: Snapshot =
+            serde_json::from_str(&event.payload).map_err(|err| format!("bad {} payload: {err}", event.event_type))?;
         let Some(car) = snapshot.car else {
             return Ok(());
         };
@@ -76,7 +73,13 @@ impl event_handler::Guest for Component {
              ON CONFLICT (car_id) DO UPDATE SET name = excluded.name, stock = excluded.stock,
                  available = excluded.available, version = excluded.version
              WHERE excluded.version > availability.version",
-            &[car.id.into(), car.name.into(), car.stock.into(), car.available.into(), car.version.into()],
+            &[
+                car.id.into(),
+                car.name.into(),
+                car.stock.into(),
+                car.available.into(),
+                car.version.into(),
+            ],
         )
         .map_err(|err| err.to_string())?;
         Ok(())
@@ -105,10 +108,7 @@ fn from_row(row: Row) -> Availability {
 const SELECT: &str = "SELECT car_id, name, stock, available FROM availability";
 
 impl wasip2::exports::http::incoming_handler::Guest for Component {
-    fn handle(
-        request: wasip2::http::types::IncomingRequest,
-        out: wasip2::http::types::ResponseOutparam,
-    ) {
+    fn handle(request: wasip2::http::types::IncomingRequest, out: wasip2::http::types::ResponseOutparam) {
         rentcar_sdk::serve(request, out, route);
     }
 }
@@ -118,16 +118,10 @@ fn route(request: Request) -> Response {
         ("GET", ["availability"]) => db::query(&format!("{SELECT} ORDER BY car_id"), &[])
             .map(|rows| Response::json(200, &rows.into_iter().map(from_row).collect::<Vec<_>>())),
         ("GET", ["availability", id]) => match id.parse::<u64>() {
-            Ok(id) => {
-                db::query_row(&format!("{SELECT} WHERE car_id = ?"), &[id.into()]).map(|row| {
-                    match row {
-                        Some(row) => Response::json(200, &from_row(row)),
-                        None => {
-                            Response::not_found(&format!("no car {id} in the availability view"))
-                        }
-                    }
-                })
-            }
+            Ok(id) => db::query_row(&format!("{SELECT} WHERE car_id = ?"), &[id.into()]).map(|row| match row {
+                Some(row) => Response::json(200, &from_row(row)),
+                None => Response::not_found(&format!("no car {id} in the availability view")),
+            }),
             Err(_) => Ok(Response::bad_request("car id must be a positive integer")),
         },
         (_, ["availability", ..]) => Ok(Response::method_not_allowed()),

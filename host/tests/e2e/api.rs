@@ -22,14 +22,8 @@ async fn bad_input_gets_4xx_json_errors() -> anyhow::Result<()> {
         ("malformed JSON", "{\"carId\": 1,".to_string()),
         ("not an object", "[1,2]".to_string()),
         ("empty body", String::new()),
-        (
-            "missing qty",
-            json!({ "carId": car_id, "customer": "kim" }).to_string(),
-        ),
-        (
-            "missing customer",
-            json!({ "carId": car_id, "qty": 1 }).to_string(),
-        ),
+        ("missing qty", json!({ "carId": car_id, "customer": "kim" }).to_string()),
+        ("missing customer", json!({ "carId": car_id, "qty": 1 }).to_string()),
         (
             "zero qty",
             json!({ "carId": car_id, "qty": 0, "customer": "kim" }).to_string(),
@@ -91,22 +85,14 @@ async fn bad_input_gets_4xx_json_errors() -> anyhow::Result<()> {
         let (status, response) = host.get(path).await?;
         assert_error(status, &response, 404, path);
     }
-    for path in [
-        "/cars/abc",
-        "/orders/-1",
-        "/payments/x",
-        "/payments?orderId=abc",
-    ] {
+    for path in ["/cars/abc", "/orders/-1", "/payments/x", "/payments?orderId=abc"] {
         let (status, response) = host.get(path).await?;
         assert_error(status, &response, 400, path);
     }
     let (status, response) = host.post("/orders/999/cancel", json!({})).await?;
     assert_error(status, &response, 404, "cancel of an unknown order");
 
-    let too_big = format!(
-        "{{\"name\":\"{}\",\"stock\":1}}",
-        "x".repeat(2 * 1024 * 1024)
-    );
+    let too_big = format!("{{\"name\":\"{}\",\"stock\":1}}", "x".repeat(2 * 1024 * 1024));
     let (status, response) = host.post_raw("/cars", too_big).await?;
     assert_error(status, &response, 413, "2 MiB body");
 
@@ -127,13 +113,9 @@ async fn admin_api_requires_the_token() -> anyhow::Result<()> {
     assert_error(status, &body, 401, "no token");
     let (status, body) = host.send(client.post(&url).bearer_auth("wrong")).await?;
     assert_error(status, &body, 401, "wrong token");
-    let (status, body) = host
-        .admin(reqwest::Method::POST, "/admin/components/nope/stop")
-        .await?;
+    let (status, body) = host.admin(reqwest::Method::POST, "/admin/components/nope/stop").await?;
     assert_error(status, &body, 404, "unknown component");
-    let (status, body) = host
-        .admin(reqwest::Method::GET, "/admin/components")
-        .await?;
+    let (status, body) = host.admin(reqwest::Method::GET, "/admin/components").await?;
     assert_eq!(status, 200);
     assert_eq!(body.as_array().map(Vec::len), Some(4), "{body}");
     Ok(())

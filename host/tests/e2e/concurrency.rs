@@ -35,10 +35,7 @@ async fn parallel_orders_never_overbook() -> anyhow::Result<()> {
     .await;
     for cancel in cancels {
         let (status, body) = cancel?;
-        assert!(
-            status == 200 || status == 409,
-            "cancel answered {status}: {body}"
-        );
+        assert!(status == 200 || status == 409, "cancel answered {status}: {body}");
     }
 
     let settled = eventually("every order to settle and the books to balance", Duration::from_secs(60), || async {
@@ -72,10 +69,7 @@ async fn parallel_orders_never_overbook() -> anyhow::Result<()> {
     })
     .await?;
 
-    let statuses: Vec<&str> = settled
-        .iter()
-        .map(|order| order["status"].as_str().unwrap())
-        .collect();
+    let statuses: Vec<&str> = settled.iter().map(|order| order["status"].as_str().unwrap()).collect();
     assert!(
         statuses.contains(&"RESERVED") && statuses.contains(&"REJECTED"),
         "{statuses:?}"
@@ -93,10 +87,7 @@ async fn parallel_orders_never_overbook() -> anyhow::Result<()> {
             "REJECTED" => "REFUNDED",
             _ => "CANCELLED",
         };
-        assert_eq!(
-            payment["status"], expected,
-            "order {order} has payment {payment}"
-        );
+        assert_eq!(payment["status"], expected, "order {order} has payment {payment}");
     }
     Ok(())
 }

@@ -10,9 +10,7 @@ async fn order_is_paid_reserved_and_shown_in_the_view() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let host = Host::start(dir.path())?;
 
-    let (status, car) = host
-        .post("/cars", json!({ "name": "Avante", "stock": 3 }))
-        .await?;
+    let (status, car) = host.post("/cars", json!({ "name": "Avante", "stock": 3 })).await?;
     assert_eq!(status, 201);
     assert_eq!(car["name"], "Avante");
     assert_eq!(car["stock"], 3);
@@ -25,9 +23,7 @@ async fn order_is_paid_reserved_and_shown_in_the_view() -> anyhow::Result<()> {
     assert_eq!(order["qty"], 1);
     assert_eq!(order["customer"], "kim");
     let order_id = order["id"].as_u64().unwrap();
-    let payment_id = order["paymentId"]
-        .as_u64()
-        .expect("a paid order has its payment");
+    let payment_id = order["paymentId"].as_u64().expect("a paid order has its payment");
 
     let (status, payment) = host.get(&format!("/payments/{payment_id}")).await?;
     assert_eq!(status, 200);
@@ -36,20 +32,8 @@ async fn order_is_paid_reserved_and_shown_in_the_view() -> anyhow::Result<()> {
     let (_, by_order) = host.get(&format!("/payments?orderId={order_id}")).await?;
     assert_eq!(by_order.as_array().map(Vec::len), Some(1));
 
-    wait_for(
-        &host,
-        &format!("/orders/{order_id}"),
-        "status",
-        json!("RESERVED"),
-    )
-    .await?;
-    let view = wait_for(
-        &host,
-        &format!("/availability/{car_id}"),
-        "available",
-        json!(2),
-    )
-    .await?;
+    wait_for(&host, &format!("/orders/{order_id}"), "status", json!("RESERVED")).await?;
+    let view = wait_for(&host, &format!("/availability/{car_id}"), "available", json!(2)).await?;
     assert_eq!(
         view,
         json!({ "carId": car_id, "name": "Avante", "stock": 3, "available": 2 })
@@ -73,43 +57,19 @@ async fn cancel_refunds_nothing_twice_and_restores_availability() -> anyhow::Res
     let car_id = host.car("Sonata", 2).await?;
     let order = host.order(car_id, 2).await?;
     let order_id = order["id"].as_u64().unwrap();
-    wait_for(
-        &host,
-        &format!("/orders/{order_id}"),
-        "status",
-        json!("RESERVED"),
-    )
-    .await?;
-    wait_for(
-        &host,
-        &format!("/availability/{car_id}"),
-        "available",
-        json!(0),
-    )
-    .await?;
+    wait_for(&host, &format!("/orders/{order_id}"), "status", json!("RESERVED")).await?;
+    wait_for(&host, &format!("/availability/{car_id}"), "available", json!(0)).await?;
 
-    let (status, cancelled) = host
-        .post(&format!("/orders/{order_id}/cancel"), json!({}))
-        .await?;
+    let (status, cancelled) = host.post(&format!("/orders/{order_id}/cancel"), json!({})).await?;
     assert_eq!(status, 200, "{cancelled}");
     assert_eq!(cancelled["status"], "CANCELLED");
-    let (_, payment) = host
-        .get(&format!("/payments/{}", order["paymentId"]))
-        .await?;
+    let (_, payment) = host.get(&format!("/payments/{}", order["paymentId"])).await?;
     assert_eq!(payment["status"], "CANCELLED");
 
-    wait_for(
-        &host,
-        &format!("/availability/{car_id}"),
-        "available",
-        json!(2),
-    )
-    .await?;
+    wait_for(&host, &format!("/availability/{car_id}"), "available", json!(2)).await?;
     wait_for(&host, &format!("/cars/{car_id}"), "available", json!(2)).await?;
 
-    let (status, again) = host
-        .post(&format!("/orders/{order_id}/cancel"), json!({}))
-        .await?;
+    let (status, again) = host.post(&format!("/orders/{order_id}/cancel"), json!({})).await?;
     assert_eq!(status, 409, "{again}");
     assert_eq!(again["error"], "conflict");
     Ok(())
@@ -123,13 +83,7 @@ async fn an_order_beyond_stock_is_rejected_and_refunded() -> anyhow::Result<()> 
     let order = host.order(car_id, 2).await?;
     let order_id = order["id"].as_u64().unwrap();
 
-    wait_for(
-        &host,
-        &format!("/orders/{order_id}"),
-        "status",
-        json!("REJECTED"),
-    )
-    .await?;
+    wait_for(&host, &format!("/orders/{order_id}"), "status", json!("REJECTED")).await?;
     wait_for(
         &host,
         &format!("/payments/{}", order["paymentId"]),
@@ -140,20 +94,12 @@ async fn an_order_beyond_stock_is_rejected_and_refunded() -> anyhow::Result<()> 
     let (_, car) = host.get(&format!("/cars/{car_id}")).await?;
     assert_eq!(car["available"], 1, "a rejected order holds nothing");
 
-    let (status, body) = host
-        .post(&format!("/orders/{order_id}/cancel"), json!({}))
-        .await?;
+    let (status, body) = host.post(&format!("/orders/{order_id}/cancel"), json!({})).await?;
     assert_eq!(status, 409, "a rejected order cannot be cancelled: {body}");
 
     // An order for a car that does not exist is rejected the same way.
     let ghost = host.order(9_999, 1).await?;
-    wait_for(
-        &host,
-        &format!("/orders/{}", ghost["id"]),
-        "status",
-        json!("REJECTED"),
-    )
-    .await?;
+    wait_for(&host, &format!("/orders/{}", ghost["id"]), "status", json!("REJECTED")).await?;
     Ok(())
 }
 
@@ -168,10 +114,7 @@ async fn payment_down_means_503_and_no_order() -> anyhow::Result<()> {
         .await?;
     assert_eq!(status, 200);
     let (status, body) = host
-        .post(
-            "/orders",
-            json!({ "carId": car_id, "qty": 1, "customer": "lee" }),
-        )
+        .post("/orders", json!({ "carId": car_id, "qty": 1, "customer": "lee" }))
         .await?;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "payment-unavailable");
@@ -182,20 +125,12 @@ async fn payment_down_means_503_and_no_order() -> anyhow::Result<()> {
         .await?;
     let order = host.order(car_id, 1).await?;
     let order_id = order["id"].as_u64().unwrap();
-    wait_for(
-        &host,
-        &format!("/orders/{order_id}"),
-        "status",
-        json!("RESERVED"),
-    )
-    .await?;
+    wait_for(&host, &format!("/orders/{order_id}"), "status", json!("RESERVED")).await?;
 
     // Cancelling while payment is down keeps the order as it was.
     host.admin(reqwest::Method::POST, "/admin/components/payment/stop")
         .await?;
-    let (status, _) = host
-        .post(&format!("/orders/{order_id}/cancel"), json!({}))
-        .await?;
+    let (status, _) = host.post(&format!("/orders/{order_id}/cancel"), json!({})).await?;
     assert_eq!(status, 503);
     let (_, still) = host.get(&format!("/orders/{order_id}")).await?;
     assert_eq!(still["status"], "RESERVED");
@@ -203,18 +138,11 @@ async fn payment_down_means_503_and_no_order() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn orders_are_taken_while_rentcar_is_down_and_applied_when_it_returns() -> anyhow::Result<()>
-{
+async fn orders_are_taken_while_rentcar_is_down_and_applied_when_it_returns() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let host = Host::start(dir.path())?;
     let car_id = host.car("Tucson", 4).await?;
-    wait_for(
-        &host,
-        &format!("/availability/{car_id}"),
-        "available",
-        json!(4),
-    )
-    .await?;
+    wait_for(&host, &format!("/availability/{car_id}"), "available", json!(4)).await?;
 
     let (status, _) = host
         .admin(reqwest::Method::POST, "/admin/components/rentcar/stop")
@@ -227,23 +155,14 @@ async fn orders_are_taken_while_rentcar_is_down_and_applied_when_it_returns() ->
     let (status, _) = host.get(&format!("/cars/{car_id}")).await?;
     assert_eq!(status, 503, "rentcar's own routes are down");
     let (_, order) = host.get(&format!("/orders/{}", ids[0])).await?;
-    assert_eq!(
-        order["status"], "PAID",
-        "no reservation while rentcar is down"
-    );
+    assert_eq!(order["status"], "PAID", "no reservation while rentcar is down");
 
     host.admin(reqwest::Method::POST, "/admin/components/rentcar/start")
         .await?;
     for id in ids {
         wait_for(&host, &format!("/orders/{id}"), "status", json!("RESERVED")).await?;
     }
-    wait_for(
-        &host,
-        &format!("/availability/{car_id}"),
-        "available",
-        json!(1),
-    )
-    .await?;
+    wait_for(&host, &format!("/availability/{car_id}"), "available", json!(1)).await?;
     Ok(())
 }
 

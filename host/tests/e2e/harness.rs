@@ -129,8 +129,7 @@ impl Host {
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
-        self.send(self.client.get(format!("{}{path}", self.base)))
-            .await
+        self.send(self.client.get(format!("{}{path}", self.base))).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
@@ -138,11 +137,7 @@ impl Host {
             .await
     }
 
-    pub async fn post_raw(
-        &self,
-        path: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> anyhow::Result<(u16, Value)> {
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> anyhow::Result<(u16, Value)> {
         let request = self
             .client
             .post(format!("{}{path}", self.base))
@@ -216,12 +211,7 @@ where
 }
 
 /// Waits until GET `path` answers 200 with `field` equal to `expected`.
-pub async fn wait_for(
-    host: &Host,
-    path: &str,
-    field: &str,
-    expected: Value,
-) -> anyhow::Result<Value> {
+pub async fn wait_for(host: &Host, path: &str, field: &str, expected: Value) -> anyhow::Result<Value> {
     let what = format!("{path} to have {field} = {expected}");
     eventually(&what, Duration::from_secs(20), || async {
         let (status, body) = host.get(path).await?;

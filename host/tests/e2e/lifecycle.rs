@@ -12,13 +12,7 @@ async fn restart_keeps_data_and_resumes_delivery() -> anyhow::Result<()> {
     let mut host = Host::start(dir.path())?;
     let car_id = host.car("Palisade", 5).await?;
     let first = host.order(car_id, 1).await?;
-    wait_for(
-        &host,
-        &format!("/orders/{}", first["id"]),
-        "status",
-        json!("RESERVED"),
-    )
-    .await?;
+    wait_for(&host, &format!("/orders/{}", first["id"]), "status", json!("RESERVED")).await?;
 
     // Hard kill right after a burst of orders: some of their events are
     // still in outboxes or undelivered in the log.
@@ -38,35 +32,14 @@ async fn restart_keeps_data_and_resumes_delivery() -> anyhow::Result<()> {
         "all orders survived: {orders}"
     );
     for order in &burst {
-        wait_for(
-            &host,
-            &format!("/orders/{}", order["id"]),
-            "status",
-            json!("RESERVED"),
-        )
-        .await?;
+        wait_for(&host, &format!("/orders/{}", order["id"]), "status", json!("RESERVED")).await?;
     }
-    wait_for(
-        &host,
-        &format!("/availability/{car_id}"),
-        "available",
-        json!(1),
-    )
-    .await?;
+    wait_for(&host, &format!("/availability/{car_id}"), "available", json!(1)).await?;
     wait_for(&host, &format!("/cars/{car_id}"), "available", json!(1)).await?;
 
     let next = host.order(car_id, 1).await?;
-    assert!(
-        next["id"].as_u64() > burst[2]["id"].as_u64(),
-        "ids keep growing"
-    );
-    wait_for(
-        &host,
-        &format!("/availability/{car_id}"),
-        "available",
-        json!(0),
-    )
-    .await?;
+    assert!(next["id"].as_u64() > burst[2]["id"].as_u64(), "ids keep growing");
+    wait_for(&host, &format!("/availability/{car_id}"), "available", json!(0)).await?;
     Ok(())
 }
 
@@ -98,14 +71,8 @@ fn serve_fails(config: &str, extra: &[&str]) -> anyhow::Result<String> {
         .env("RUST_BACKTRACE", "0")
         .output()?;
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        !output.status.success(),
-        "expected failure, got success:\n{stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked"),
-        "a bad config must not panic:\n{stderr}"
-    );
+    assert!(!output.status.success(), "expected failure, got success:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "a bad config must not panic:\n{stderr}");
     Ok(stderr)
 }
 
@@ -129,20 +96,11 @@ fn bad_configs_fail_with_a_clear_message() -> anyhow::Result<()> {
 
     let not_wasm = tempfile::NamedTempFile::new()?;
     std::fs::write(not_wasm.path(), "hello")?;
-    let stderr = serve_fails(
-        &format!("[components.x]\npath = {:?}\n", not_wasm.path()),
-        &[],
-    )?;
-    assert!(
-        stderr.contains("is not a valid WebAssembly component"),
-        "{stderr}"
-    );
+    let stderr = serve_fails(&format!("[components.x]\npath = {:?}\n", not_wasm.path()), &[])?;
+    assert!(stderr.contains("is not a valid WebAssembly component"), "{stderr}");
 
     // order imports the payments interface; without the link nothing provides it.
-    let stderr = serve_fails(
-        &format!("[components.order]\npath = {:?}\n", wasm("order")),
-        &[],
-    )?;
+    let stderr = serve_fails(&format!("[components.order]\npath = {:?}\n", wasm("order")), &[])?;
     assert!(
         stderr.contains("imports something the host does not provide"),
         "{stderr}"
@@ -166,9 +124,6 @@ fn bad_configs_fail_with_a_clear_message() -> anyhow::Result<()> {
         &format!("[components.view]\npath = {:?}\n", wasm("view")),
         &["--listen", &addr],
     )?;
-    assert!(
-        stderr.contains(&format!("cannot listen on {addr}")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
     Ok(())
 }

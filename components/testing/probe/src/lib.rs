@@ -1,0 +1,130 @@
+//! A component for the host's own tests, never deployed: it publishes events
+//! on demand and records the events it receives, so that tests can check
+//! delivery order, dead letters and replays.
+//!
+//! - `POST /probe/publish` `{"topic","keys","count","poison"}`: publishes
+//!   `count` events round-robin over `keys` keys, each with a per-key
+//!   sequence number, in one transaction.
+//! - `POST /probe/fix`: from now on, poisoned events are accepted.
+//! - `GET /probe/seen`: what the handler applied, in order.
+//!
+//! The handler fails on an event whose payload has `"poison": true` until
+//! fixed.
+
+#![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
+
+use rentcar_sdk::db;
+use rentcar_sdk::{Request, Response, publish};
+use serde::Deserialize;
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "rentcar:host/probe",
+    with: {
+        "rentcar:host/sql@0.1.0": rentcar_sdk::bindings::rentcar::host::sql,
+        "rentcar:host/events@0.1.0": rentcar_sdk::bindings::rentcar::host::events,
+        "wasi:config/store@0.2.0-rc.1": rentcar_sdk::bindings::wasi::config::store,
+    },
+});
+
+use exports::rentcar::host::event_handler::{self, Event};
+use exports::rentcar::host::lifecycle;
+
+struct Component;
+
+impl lifecycle::Guest for Component {
+    fn init() -> Result<(), String> {
+        db::migrate(&[
+            "CREATE TABLE seen (n INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, seq INTEGER NOT NULL)",
+            "CREATE TABLE fixed (yes INTEGER NOT NULL)",
+        ])
+        .map_err(|err| err.to_string())
+    }
+
+    fn reset() -> Result<(), String> {
+        db::execute("DELETE FROM seen", &[]).map_err(|err| err.to_string())?;
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    seq: i64,
+    #[serde(default)]
+    poison: bool,
+}
+
+impl event_handler::Guest for Component {
+    fn handle(event: Event) -> Result<(), String> {
+        let payload: Payload = serde_json::from_str(&event.payload).map_err(|err| err.to_string())?;
+        let fixed = db::query_row("SELECT 1 FROM fixed", &[])
+            .map_err(|err| err.to_string())?
+            .is_some();
+        if payload.poison && !fixed {
+            return Err(format!("poisoned event {} of key {}", payload.seq, event.key));
+        }
+        db::execute(
+            "INSERT INTO seen (key, seq) VALUES (?, ?)",
+            &[event.key.into(), payload.seq.into()],
+        )
+        .map_err(|err| err.to_string())?;
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    topic: String,
+    keys: u32,
+    count: u32,
+    #[serde(default)]
+    poison: bool,
+}
+
+impl wasip2::exports::http::incoming_handler::Guest for Component {
+    fn handle(request: wasip2::http::types::IncomingRequest, out: wasip2::http::types::ResponseOutparam) {
+        rentcar_sdk::serve(request, out, route);
+    }
+}
+
+fn route(request: Request) -> Response {
+    let result = match (request.method.as_str(), request.segments().as_slice()) {
+        ("POST", ["probe", "publish"]) => match request.json::<PublishRequest>() {
+            Ok(publish) => publish_many(&publish),
+            Err(response) => return response,
+        },
+        ("POST", ["probe", "fix"]) => db::execute("INSERT INTO fixed (yes) VALUES (1)", &[])
+            .map(|_| Response::json(200, &serde_json::json!({ "fixed": true })))
+            .map_err(|err| err.to_string()),
+        ("GET", ["probe", "seen"]) => db::query("SELECT key, seq FROM seen ORDER BY n", &[])
+            .map(|rows| {
+                let seen: Vec<_> = rows
+                    .iter()
+                    .map(|row| serde_json::json!({ "key": row.text(0), "seq": row.int(1) }))
+                    .collect();
+                Response::json(200, &seen)
+            })
+            .map_err(|err| err.to_string()),
+        _ => return Response::not_found("no such route"),
+    };
+    result.unwrap_or_else(|err| Response::internal(&err))
+}
+
+fn publish_many(request: &PublishRequest) -> Result<Response, String> {
+    let keys = request.keys.max(1);
+    for i in 0..request.count {
+        let key = format!("k{}", i % keys);
+        let seq = i / keys;
+        publish(
+            &request.topic,
+            &key,
+            "Probed",
+            &serde_json::json!({ "seq": seq, "poison": request.poison }),
+        )?;
+    }
+    Ok(Response::json(202, &serde_json::json!({ "published": request.count })))
+}
+
+export!(Component);
+wasip2::http::proxy::export!(Component);
