@@ -189,6 +189,7 @@ impl Dispatcher {
         };
         let slot = loaded.slot.clone();
         let mut resets = slot.resets.subscribe();
+        let mut reset_seen = *resets.borrow();
         let mut appended = self.bus.watch();
         let mut changes = self.registry.changes();
         let mut position = None;
@@ -203,8 +204,10 @@ impl Dispatcher {
             }
             let batch_done = {
                 let _turn = slot.delivery.lock().await;
-                if resets.has_changed().unwrap_or(false) {
-                    resets.borrow_and_update();
+                // Compared by value: waiting on `changed` below marks it seen.
+                let generation = *resets.borrow_and_update();
+                if generation != reset_seen {
+                    reset_seen = generation;
                     position = None;
                 }
                 if position.is_none() {

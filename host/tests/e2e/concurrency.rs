@@ -1,13 +1,12 @@
 //! Many parallel orders and cancels: no car is ever over-booked, and
 //! rentcar, orders and the view agree once events settle.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use crate::harness::{Host, eventually};
+use crate::harness::{Host, books_balance, eventually};
 
 #[tokio::test]
 async fn parallel_orders_never_overbook() -> anyhow::Result<()> {
@@ -38,56 +37,22 @@ async fn parallel_orders_never_overbook() -> anyhow::Result<()> {
         assert!(status == 200 || status == 409, "cancel answered {status}: {body}");
     }
 
-    let settled = eventually("every order to settle and the books to balance", Duration::from_secs(60), || async {
-        let (_, all) = host.get("/orders").await?;
-        let all = all.as_array().cloned().unwrap_or_default();
-        if all.iter().any(|order| order["status"] == "PAID") {
-            return Ok(None);
-        }
-        let mut held: HashMap<u64, i64> = HashMap::new();
-        for order in all.iter().filter(|order| order["status"] == "RESERVED") {
-            *held.entry(order["carId"].as_u64().unwrap()).or_default() += order["qty"].as_i64().unwrap();
-        }
-        let (_, fleet) = host.get("/cars").await?;
-        let (_, view) = host.get("/availability").await?;
-        for car in fleet.as_array().unwrap() {
-            let (stock, available) = (car["stock"].as_i64().unwrap(), car["available"].as_i64().unwrap());
-            assert!(available >= 0, "car over-booked: {car}");
-            let reserved = held.get(&car["id"].as_u64().unwrap()).copied().unwrap_or(0);
-            assert!(reserved <= stock, "more reserved than in stock: {car}, {reserved} reserved");
-            if stock != available + reserved {
-                return Ok(None);
-            }
-        }
-        let fleet_as_view: Vec<Value> = fleet
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|car| json!({ "carId": car["id"], "name": car["name"], "stock": car["stock"], "available": car["available"] }))
-            .collect();
-        Ok((view == json!(fleet_as_view)).then_some(all))
-    })
+    let summary = eventually(
+        "every order to settle and the books to balance",
+        Duration::from_secs(60),
+        || books_balance(&host),
+    )
     .await?;
-
-    let statuses: Vec<&str> = settled.iter().map(|order| order["status"].as_str().unwrap()).collect();
+    let (_, settled) = host.get("/orders").await?;
+    let statuses: Vec<&str> = settled
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["status"].as_str().unwrap())
+        .collect();
     assert!(
         statuses.contains(&"RESERVED") && statuses.contains(&"REJECTED"),
-        "{statuses:?}"
+        "{summary}"
     );
-    let (_, payments) = host.get("/payments").await?;
-    for order in &settled {
-        let payment = payments
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|payment| payment["id"] == order["paymentId"])
-            .expect("every order has its payment");
-        let expected = match order["status"].as_str().unwrap() {
-            "RESERVED" => "APPROVED",
-            "REJECTED" => "REFUNDED",
-            _ => "CANCELLED",
-        };
-        assert_eq!(payment["status"], expected, "order {order} has payment {payment}");
-    }
     Ok(())
 }

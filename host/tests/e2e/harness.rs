@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The admin token every test host is started with.
 pub const TOKEN: &str = "test-admin-token";
@@ -26,6 +26,23 @@ pub fn runtime_toml() -> PathBuf {
     root().join("runtime.toml")
 }
 
+/// The release build of a component.
+pub fn wasm(name: &str) -> PathBuf {
+    root().join(format!("target/wasm32-wasip2/release/{name}.wasm"))
+}
+
+/// Writes a config that runs only the probe component, subscribed to the
+/// `probe` topic, with `delivery` as its `[delivery]` table.
+pub fn probe_config(dir: &Path, delivery: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join("probe.toml");
+    let config = format!(
+        "[components.probe]\npath = {:?}\nroutes = [\"/probe\"]\nsubscribe = [\"probe\"]\n\n[delivery]\n{delivery}\n",
+        wasm("probe")
+    );
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
 pub struct Host {
     child: Child,
     pub base: String,
@@ -40,8 +57,8 @@ impl Host {
 
     /// Spawns the host and waits for its readiness line.
     pub fn start_with(config: &Path, data_dir: &Path) -> anyhow::Result<Host> {
-        for component in ["order", "payment", "rentcar", "view"] {
-            let wasm = root().join(format!("target/wasm32-wasip2/release/{component}.wasm"));
+        for component in ["order", "payment", "rentcar", "view", "probe"] {
+            let wasm = wasm(component);
             if !wasm.exists() {
                 bail!(
                     "{} is missing: run the tests with `cargo xtask test`, which builds the components",
@@ -218,4 +235,93 @@ pub async fn wait_for(host: &Host, path: &str, field: &str, expected: Value) -> 
         Ok((status == 200 && body[field] == expected).then_some(body))
     })
     .await
+}
+
+/// Checks the books once events have settled. Returns `Ok(Some(summary))`
+/// when everything agrees, `Ok(None)` while events are still in flight, and
+/// an error for what can never happen, however late (an over-booked car).
+///
+/// Settled means: no order is still `PAID`; every order's payment matches
+/// its status (RESERVED-APPROVED, REJECTED-REFUNDED, CANCELLED-CANCELLED);
+/// every approved or cancelled payment has its order (a refunded one may
+/// have none: abandoned by a crash); for every car
+/// `stock = available + reserved by active orders`; the view equals rentcar.
+pub async fn books_balance(host: &Host) -> anyhow::Result<Option<String>> {
+    use std::collections::HashMap;
+    let (_, orders) = host.get("/orders").await?;
+    let (_, payments) = host.get("/payments").await?;
+    let (_, cars) = host.get("/cars").await?;
+    let (_, view) = host.get("/availability").await?;
+    let (Some(orders), Some(payments), Some(cars)) = (orders.as_array(), payments.as_array(), cars.as_array()) else {
+        return Ok(None);
+    };
+    for car in cars {
+        anyhow::ensure!(car["available"].as_i64() >= Some(0), "car over-booked: {car}");
+    }
+    if orders.iter().any(|order| order["status"] == "PAID") {
+        return Ok(None);
+    }
+    let orders_by_id: HashMap<u64, &Value> = orders.iter().map(|o| (o["id"].as_u64().unwrap(), o)).collect();
+    let payments_by_id: HashMap<u64, &Value> = payments.iter().map(|p| (p["id"].as_u64().unwrap(), p)).collect();
+    for order in orders {
+        let Some(payment) = payments_by_id.get(&order["paymentId"].as_u64().unwrap()) else {
+            anyhow::bail!("order without payment: {order}");
+        };
+        let expected = match order["status"].as_str().unwrap() {
+            "RESERVED" => "APPROVED",
+            "REJECTED" => "REFUNDED",
+            _ => "CANCELLED",
+        };
+        if payment["status"] != expected {
+            return Ok(None);
+        }
+    }
+    for payment in payments {
+        let order = orders_by_id.get(&payment["orderId"].as_u64().unwrap());
+        let consistent = match (payment["status"].as_str().unwrap(), order) {
+            ("APPROVED", Some(order)) => order["status"] == "RESERVED",
+            ("CANCELLED", Some(order)) => order["status"] == "CANCELLED",
+            ("REFUNDED", Some(order)) => order["status"] == "REJECTED",
+            ("REFUNDED", None) => true,
+            _ => false,
+        };
+        if !consistent {
+            return Ok(None);
+        }
+    }
+    let mut held: HashMap<u64, i64> = HashMap::new();
+    for order in orders.iter().filter(|order| order["status"] == "RESERVED") {
+        *held.entry(order["carId"].as_u64().unwrap()).or_default() += order["qty"].as_i64().unwrap();
+    }
+    for car in cars {
+        let (stock, available) = (car["stock"].as_i64().unwrap(), car["available"].as_i64().unwrap());
+        let reserved = held.get(&car["id"].as_u64().unwrap()).copied().unwrap_or(0);
+        anyhow::ensure!(
+            reserved <= stock,
+            "more reserved than in stock: {car}, {reserved} reserved"
+        );
+        if stock != available + reserved {
+            return Ok(None);
+        }
+    }
+    let rentcar_as_view: Vec<Value> = cars
+        .iter()
+        .map(|car| json!({ "carId": car["id"], "name": car["name"], "stock": car["stock"], "available": car["available"] }))
+        .collect();
+    if view != json!(rentcar_as_view) {
+        return Ok(None);
+    }
+    let count = |status: &str| orders.iter().filter(|o| o["status"] == status).count();
+    let abandoned = payments
+        .iter()
+        .filter(|p| !orders_by_id.contains_key(&p["orderId"].as_u64().unwrap()))
+        .count();
+    Ok(Some(format!(
+        "{} orders: {} reserved, {} rejected, {} cancelled; {} payments, {abandoned} abandoned and refunded",
+        orders.len(),
+        count("RESERVED"),
+        count("REJECTED"),
+        count("CANCELLED"),
+        payments.len()
+    )))
 }

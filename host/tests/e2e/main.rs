@@ -4,5 +4,7 @@ mod harness;
 
 mod api;
 mod concurrency;
+mod crash;
+mod events;
 mod flow;
 mod lifecycle;
