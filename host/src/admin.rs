@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use crate::bus::TopicStats;
 use crate::component::Status;
 use crate::delivery::{self, SubscriptionStats};
 use crate::runtime::Runtime;
@@ -94,10 +95,8 @@ struct Subscription {
     state: &'static str,
     /// Everything up to here is delivered.
     position: u64,
-    /// The topic's last position.
-    head: u64,
-    /// Events of the topic after `position`.
-    lag: u64,
+    #[serde(flatten)]
+    log: TopicStats,
     #[serde(flatten)]
     stats: SubscriptionStats,
 }
@@ -112,8 +111,8 @@ async fn subscriptions(State(runtime): State<Arc<Runtime>>) -> Response {
                 Ok(position) => position,
                 Err(err) => return internal(err),
             };
-            let (head, lag) = match bus.head_and_lag(topic, position).await {
-                Ok(found) => found,
+            let log = match bus.topic_stats(topic, position).await {
+                Ok(log) => log,
                 Err(err) => return internal(err),
             };
             all.push(Subscription {
@@ -121,8 +120,7 @@ async fn subscriptions(State(runtime): State<Arc<Runtime>>) -> Response {
                 topic: topic.clone(),
                 state: if running { "running" } else { "stopped" },
                 position,
-                head,
-                lag,
+                log,
                 stats: runtime.stats.get(consumer, topic),
             });
         }

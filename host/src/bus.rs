@@ -58,6 +58,18 @@ fn envelope_json<S: serde::Serializer>(e: &Envelope, s: S) -> Result<S::Ok, S::E
     .serialize(s)
 }
 
+/// What the log holds of a topic, seen from one consumer.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicStats {
+    /// The topic's last position (0 when it never had an event).
+    pub head: u64,
+    /// Events after the consumer's position.
+    pub lag: u64,
+    /// Events of the topic still in the log (retention deletes the rest).
+    pub retained: u64,
+}
+
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
     /// Appends events in order; an event whose id is already in the log is
@@ -71,9 +83,8 @@ pub trait EventBus: Send + Sync + 'static {
     async fn commit(&self, consumer: &str, topic: &str, position: u64) -> anyhow::Result<()>;
     /// Changes whenever events are appended.
     fn watch(&self) -> watch::Receiver<u64>;
-    /// The last position of `topic` (0 when empty), and how many events of
-    /// it lie after `position`.
-    async fn head_and_lag(&self, topic: &str, position: u64) -> anyhow::Result<(u64, u64)>;
+    /// What the log holds of `topic` relative to a consumer at `position`.
+    async fn topic_stats(&self, topic: &str, position: u64) -> anyhow::Result<TopicStats>;
     async fn add_dead_letter(&self, letter: &DeadLetter) -> anyhow::Result<()>;
     async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>>;
     async fn remove_dead_letter(&self, id: i64) -> anyhow::Result<()>;
@@ -225,12 +236,19 @@ impl EventBus for SqliteBus {
         self.appended.subscribe()
     }
 
-    async fn head_and_lag(&self, topic: &str, position: u64) -> anyhow::Result<(u64, u64)> {
+    async fn topic_stats(&self, topic: &str, position: u64) -> anyhow::Result<TopicStats> {
         self.with(|conn| {
             conn.prepare_cached(
-                "SELECT COALESCE(MAX(position), 0), COUNT(*) FILTER (WHERE position > ?2) FROM events WHERE topic = ?1",
+                "SELECT COALESCE(MAX(position), 0), COUNT(*) FILTER (WHERE position > ?2), COUNT(*)
+                 FROM events WHERE topic = ?1",
             )?
-            .query_row(params![topic, position], |row| Ok((row.get(0)?, row.get(1)?)))
+            .query_row(params![topic, position], |row| {
+                Ok(TopicStats {
+                    head: row.get(0)?,
+                    lag: row.get(1)?,
+                    retained: row.get(2)?,
+                })
+            })
         })
     }
 

@@ -56,6 +56,8 @@ pub struct Delivery {
     pub retention_hours: u64,
     /// At most this many delivered events are kept per topic (0: no limit).
     pub retention_events: u64,
+    /// How often retention runs, in ms.
+    pub retention_interval_ms: u64,
 }
 
 impl Default for Delivery {
@@ -67,6 +69,7 @@ impl Default for Delivery {
             partitions: 4,
             retention_hours: 24 * 7,
             retention_events: 1_000_000,
+            retention_interval_ms: 60_000,
         }
     }
 }
@@ -286,6 +289,9 @@ impl Config {
         let delivery = self.delivery;
         if delivery.max_attempts == 0 || delivery.partitions == 0 || delivery.partitions > 64 {
             return invalid("[delivery] needs max_attempts >= 1 and partitions from 1 to 64".into());
+        }
+        if delivery.retention_interval_ms == 0 {
+            return invalid("[delivery] retention_interval_ms must be above zero".into());
         }
         self.check_links_acyclic()
     }

@@ -38,8 +38,6 @@ use crate::runtime::Runtime;
 const BATCH: usize = 256;
 /// How often a relay looks at its outbox even when nobody woke it.
 const RELAY_SWEEP: Duration = Duration::from_secs(1);
-/// How often retention runs.
-const RETENTION_SWEEP: Duration = Duration::from_secs(60);
 
 pub fn start(runtime: &Runtime, token: &CancellationToken, tracker: &TaskTracker) {
     for loaded in runtime.registry.all() {
@@ -389,7 +387,7 @@ async fn retention(
     let delivery = config.delivery;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(RETENTION_SWEEP) => {}
+            _ = tokio::time::sleep(Duration::from_millis(delivery.retention_interval_ms)) => {}
             _ = token.cancelled() => return,
         }
         let before = if delivery.retention_hours == 0 {

@@ -153,3 +153,22 @@ async fn resetting_the_view_rebuilds_it_from_the_log() -> anyhow::Result<()> {
     assert_eq!(status, 409, "{body}");
     Ok(())
 }
+
+#[tokio::test]
+async fn retention_bounds_the_log_once_events_are_delivered() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = probe_config(dir.path(), "retention_events = 10\nretention_interval_ms = 100")?;
+    let host = Host::start_with(&config, &dir.path().join("data"))?;
+    host.post("/probe/publish", json!({ "topic": "probe", "keys": 3, "count": 50 }))
+        .await?;
+    let subscription = eventually("the log to be pruned to 10 events", Duration::from_secs(20), || async {
+        let (_, subscriptions) = host.admin(Method::GET, "/admin/subscriptions").await?;
+        let subscription = subscriptions[0].clone();
+        Ok((subscription["retained"] == 10).then_some(subscription))
+    })
+    .await?;
+    assert_eq!(subscription["head"], 50, "{subscription}");
+    assert_eq!(subscription["lag"], 0, "{subscription}");
+    assert_eq!(seen(&host).await?.len(), 50);
+    Ok(())
+}
