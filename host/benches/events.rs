@@ -34,8 +34,12 @@ async fn throughput() -> anyhow::Result<()> {
     let host = Host::start_with(&config, &dir.path().join("data"))?;
     let started = Instant::now();
     for _ in 0..EVENTS / PER_REQUEST {
-        let (status, _) =
-            host.post("/probe/publish", json!({ "topic": "probe", "keys": 64, "count": PER_REQUEST })).await?;
+        let (status, _) = host
+            .post(
+                "/probe/publish",
+                json!({ "topic": "probe", "keys": 64, "count": PER_REQUEST }),
+            )
+            .await?;
         anyhow::ensure!(status == 202);
     }
     let published = started.elapsed();
