@@ -9,6 +9,8 @@
 //!
 //! Run with `cargo xtask build && cargo bench -p rentcar-host --bench events`.
 
+#![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
 #[path = "../tests/e2e/harness.rs"]
 #[allow(dead_code, reason = "the bench uses part of the test harness")]
 mod harness;

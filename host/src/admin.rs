@@ -9,12 +9,13 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
 use crate::bus::TopicStats;
 use crate::component::Status;
 use crate::delivery::{self, SubscriptionStats};
+use crate::faults::Fault;
 use crate::runtime::Runtime;
 
 pub fn router(runtime: Arc<Runtime>) -> Router<Arc<Runtime>> {
@@ -26,6 +27,9 @@ pub fn router(runtime: Arc<Runtime>) -> Router<Arc<Runtime>> {
         .route("/admin/subscriptions/{name}/reset", post(reset))
         .route("/admin/dead-letters", get(dead_letters))
         .route("/admin/dead-letters/{id}/replay", post(replay))
+        .route("/admin/faults", get(faults))
+        .route("/admin/faults/{name}", put(set_fault).delete(clear_fault))
+        .route("/admin/links", get(links))
         .route_layer(middleware::from_fn_with_state(runtime, authorize))
 }
 
@@ -212,4 +216,58 @@ fn internal(err: anyhow::Error) -> Response {
         "internal",
         "the host failed; see its log",
     )
+}
+
+async fn faults(State(runtime): State<Arc<Runtime>>) -> Response {
+    Json(runtime.faults.all()).into_response()
+}
+
+/// `PUT /admin/faults/{component}` `{"delayMs":800,"jitterMs":220,"abortPercent":0}`.
+async fn set_fault(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>, body: axum::body::Bytes) -> Response {
+    if !runtime.config.components.contains_key(&name) {
+        return error(StatusCode::NOT_FOUND, "not-found", &format!("no component `{name}`"));
+    }
+    let fault: Fault = match serde_json::from_slice(&body) {
+        Ok(fault) => fault,
+        Err(err) => return error(StatusCode::BAD_REQUEST, "invalid-request", &err.to_string()),
+    };
+    if fault.abort_percent > 100 || fault.delay_ms + fault.jitter_ms > 600_000 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "abortPercent is 0 to 100, delays under 10 minutes",
+        );
+    }
+    runtime.faults.set(&name, fault);
+    tracing::warn!(component = %name, ?fault, "fault injected by operator");
+    Json(serde_json::json!({ "component": name, "fault": fault })).into_response()
+}
+
+async fn clear_fault(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) -> Response {
+    if !runtime.faults.clear(&name) {
+        return error(StatusCode::NOT_FOUND, "not-found", &format!("no fault on `{name}`"));
+    }
+    tracing::info!(component = %name, "fault removed by operator");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Every link with its policy and the state of its circuit.
+async fn links(State(runtime): State<Arc<Runtime>>) -> Response {
+    let links: Vec<_> = runtime
+        .policies
+        .iter()
+        .map(|policy| {
+            let link = &policy.link;
+            serde_json::json!({
+                "from": link.from,
+                "to": link.to,
+                "interface": link.interface,
+                "timeoutMs": link.timeout_ms,
+                "maxConcurrent": link.max_concurrent,
+                "maxQueue": link.max_queue,
+                "circuit": policy.circuit_state(),
+            })
+        })
+        .collect();
+    Json(links).into_response()
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use anyhow::{Context as _, anyhow};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use wasmtime::component::{Component, Instance, InstancePre};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi_config::WasiConfigVariables;
@@ -15,6 +15,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::bindings::{event_handler, lifecycle};
 use crate::config::Limits;
 use crate::database::{Database, Transaction};
+use crate::engine::EPOCH_TICK;
 use crate::invocation::Invocation;
 
 /// The trap a guest gets when its invocation outlives its deadline.
@@ -43,6 +44,8 @@ pub struct Slot {
     pub delivery: tokio::sync::Mutex<()>,
     /// Bumped by a reset: dispatchers then reload their positions.
     pub resets: watch::Sender<u64>,
+    /// One permit per instance allowed to run at once (`max_instances`).
+    pub instances: Semaphore,
 }
 
 impl Slot {
@@ -55,6 +58,7 @@ impl Slot {
             relay: Notify::new(),
             delivery: tokio::sync::Mutex::new(()),
             resets: watch::Sender::new(0),
+            instances: Semaphore::new(limits.max_instances as usize),
         }
     }
 }
@@ -114,12 +118,18 @@ impl Loaded {
         let mut store = Store::new(self.engine(), invocation);
         store.limiter(|invocation| &mut invocation.limits);
         let deadline = Instant::now() + slot.limits.timeout();
+        // Running one tick then pausing this long keeps the instance within
+        // its share of a core.
+        let percent = slot.limits.cpu_percent.clamp(1, 100);
+        let pause = EPOCH_TICK * (100 - percent) / percent;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {
                 Err(DeadlineExceeded.into())
-            } else {
+            } else if pause.is_zero() {
                 Ok(UpdateDeadline::Yield(1))
+            } else {
+                Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause))))
             }
         });
         store

@@ -146,6 +146,13 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Largest response body a component may produce, in bytes.
     pub max_response_bytes: usize,
+    /// Instances that may run at once; an HTTP request beyond gets 503,
+    /// calls and deliveries wait.
+    pub max_instances: u32,
+    /// Share of one core an instance may use, 1 to 100: above 100% of its
+    /// share it is paused at every epoch tick, so a busy or looping
+    /// component cannot starve its neighbours.
+    pub cpu_percent: u32,
 }
 
 impl Default for Limits {
@@ -155,6 +162,8 @@ impl Default for Limits {
             timeout_ms: 10_000,
             max_request_bytes: 1024 * 1024,
             max_response_bytes: 8 * 1024 * 1024,
+            max_instances: 256,
+            cpu_percent: 100,
         }
     }
 }
@@ -178,13 +187,61 @@ pub struct Link {
     pub to: String,
     /// Fully qualified WIT interface, e.g. `rentcar:payment/payments@0.1.0`.
     pub interface: String,
-    /// How long the caller waits for the callee, in ms.
+    /// How long the caller waits for the callee (queueing included), in ms.
     #[serde(default = "default_link_timeout_ms")]
     pub timeout_ms: u64,
+    /// Bulkhead: calls in flight at once; more callers wait in a queue.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: u32,
+    /// Callers allowed to wait for a slot; beyond, `unavailable` at once.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: u32,
+    /// Functions safe to call twice: retried on failure, up to `retries`.
+    #[serde(default)]
+    pub idempotent: Vec<String>,
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default)]
+    pub circuit: CircuitConfig,
 }
 
 fn default_link_timeout_ms() -> u64 {
     5_000
+}
+
+fn default_max_concurrent() -> u32 {
+    64
+}
+
+fn default_max_queue() -> u32 {
+    256
+}
+
+/// When a link's circuit opens, and for how long.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitConfig {
+    /// Failures in a row that open the circuit.
+    pub consecutive_failures: u32,
+    /// Share of failures among the last `window` calls that opens it.
+    pub failure_ratio: f64,
+    pub window: u32,
+    /// How long it stays open before a probe call is let through, in ms.
+    pub open_ms: u64,
+    /// A call at least this slow counts as a failure (it still succeeds).
+    pub slow_call_ms: u64,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        CircuitConfig {
+            consecutive_failures: 5,
+            failure_ratio: 0.5,
+            window: 20,
+            open_ms: 5_000,
+            slow_call_ms: 2_000,
+        }
+    }
 }
 
 impl Link {

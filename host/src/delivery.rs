@@ -352,7 +352,11 @@ impl Dispatcher {
 /// for waiting on its database).
 pub async fn deliver_once(loaded: &Loaded, event: &Event) -> anyhow::Result<bool> {
     let deadline = loaded.slot.limits.timeout() + Duration::from_secs(1);
-    match tokio::time::timeout(deadline, loaded.deliver(event)).await {
+    let delivery = async {
+        let _instance = loaded.slot.instances.acquire().await?;
+        loaded.deliver(event).await
+    };
+    match tokio::time::timeout(deadline, delivery).await {
         Ok(outcome) => outcome,
         Err(_) => Err(anyhow::anyhow!("delivery exceeded its deadline")),
     }

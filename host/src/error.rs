@@ -3,7 +3,7 @@
 //! not to the caller.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +16,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("component `{0}` is not running")]
     Unavailable(String),
+    #[error("component `{0}` is at its limit of concurrent instances; retry shortly")]
+    Busy(String),
+    #[error("a fault injected into component `{0}` aborted the request")]
+    FaultInjected(String),
     #[error("component `{0}` did not answer within its deadline")]
     Deadline(String),
     #[error("component `{component}` failed")]
@@ -29,6 +33,8 @@ impl ApiError {
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid-request"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::FaultInjected(_) => (StatusCode::SERVICE_UNAVAILABLE, "fault-injected"),
             ApiError::Deadline(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded"),
             ApiError::ComponentFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "component-failed"),
         }
@@ -41,10 +47,11 @@ impl IntoResponse for ApiError {
             tracing::error!(component = %component, cause = %format!("{cause:#}"), "component failed");
         }
         let (status, code) = self.status_and_code();
-        (
-            status,
-            Json(serde_json::json!({ "error": code, "message": self.to_string() })),
-        )
-            .into_response()
+        let body = Json(serde_json::json!({ "error": code, "message": self.to_string() }));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Tell the caller to come back shortly rather than wait.
+            return (status, [(header::RETRY_AFTER, "1")], body).into_response();
+        }
+        (status, body).into_response()
     }
 }

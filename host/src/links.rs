@@ -8,8 +8,13 @@
 //! function returns `result<_, E>` where the variant `E` has a case
 //! `unavailable(string)`: when the callee fails (trap, deadline, timeout, not
 //! loaded) the caller gets that case, never a trap of its own.
+//!
+//! Every call goes through the link's [`Policy`] (bulkhead, circuit breaker,
+//! retries of idempotent functions) and through the callee's injected
+//! [`Faults`], all within the link's timeout.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context as _, anyhow, bail};
 use wasmtime::Engine;
@@ -18,7 +23,9 @@ use wasmtime::component::{Component, Linker, Type, Val};
 
 use crate::component::{DeadlineExceeded, Registry};
 use crate::config::Link;
+use crate::faults::Faults;
 use crate::invocation::Invocation;
+use crate::policy::{Policy, Refused};
 
 /// Defines the functions of `link.interface` in the caller's linker, after
 /// checking that the callee exports the interface in the expected shape and
@@ -28,9 +35,11 @@ pub fn define(
     engine: &Engine,
     caller: &Component,
     callee: &Component,
-    link: &Link,
+    policy: Arc<Policy>,
     registry: Arc<Registry>,
+    faults: Arc<Faults>,
 ) -> anyhow::Result<()> {
+    let link = &policy.link;
     let name = format!("link {} -> {} ({})", link.from, link.to, link.interface);
     let imported = caller
         .component_type()
@@ -44,13 +53,13 @@ pub fn define(
     let mut instance = linker.instance(&link.interface)?;
     for (function, ty) in functions {
         check_shape(&function, &ty).with_context(|| format!("{name}: function `{function}`"))?;
-        let link = Arc::new(link.clone());
-        let registry = registry.clone();
+        let (policy, registry, faults) = (policy.clone(), registry.clone(), faults.clone());
         let function = Arc::new(function);
         instance.func_new_async(&function.clone(), move |_caller, _ty, params, results| {
-            let (link, registry, function) = (link.clone(), registry.clone(), function.clone());
+            let (policy, registry, faults, function) = (policy.clone(), registry.clone(), faults.clone(), function.clone());
             Box::new(async move {
-                results[0] = match call(&registry, &link, &function, params).await {
+                let link = &policy.link;
+                results[0] = match call(&policy, &registry, &faults, &function, params).await {
                     Ok(result) => result,
                     Err(err) => {
                         tracing::warn!(cause = %format!("{err:#}"), from = %link.from, to = %link.to, function = %function, "synchronous call failed");
@@ -102,34 +111,79 @@ fn check_shape(function: &str, ty: &ComponentFunc) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn call(registry: &Registry, link: &Link, function: &str, params: &[Val]) -> anyhow::Result<Val> {
-    let callee = registry.get(&link.to).ok_or(NotRunning)?;
-    let invocation = async {
-        let mut store = callee.store();
-        let instance = callee.instantiate(&mut store).await?;
-        let component = callee.component();
-        let interface = component
-            .get_export_index(None, &link.interface)
-            .context("interface not exported")?;
-        let index = component
-            .get_export_index(Some(&interface), function)
-            .context("function not exported")?;
-        let func = instance.get_func(&mut store, index).context("function not exported")?;
-        let mut results = [Val::Bool(false)];
-        func.call_async(&mut store, params, &mut results).await?;
-        callee.finish(&mut store, true)?;
-        let [result] = results;
-        Ok(result)
+/// One call through the link's policy, within its timeout.
+async fn call(
+    policy: &Policy,
+    registry: &Registry,
+    faults: &Faults,
+    function: &str,
+    params: &[Val],
+) -> anyhow::Result<Val> {
+    let link = &policy.link;
+    let deadline = tokio::time::Instant::now() + link.timeout();
+    let timed_out = || anyhow!(DeadlineExceeded).context(format!("no answer within {} ms", link.timeout_ms));
+    let ticket = match tokio::time::timeout_at(deadline, policy.admit()).await {
+        Ok(admitted) => admitted?,
+        Err(_) => return Err(timed_out()),
     };
-    match tokio::time::timeout(link.timeout(), invocation).await {
-        Ok(result) => result,
-        Err(_) => Err(anyhow!(DeadlineExceeded)).with_context(|| format!("no answer within {} ms", link.timeout_ms)),
-    }
+    let retries = if link.idempotent.iter().any(|f| f == function) {
+        link.retries
+    } else {
+        0
+    };
+    let started = Instant::now();
+    let mut attempt = 0;
+    let result = loop {
+        let once = async {
+            if faults.inject(&link.to).await {
+                return Err(anyhow!(FaultInjected));
+            }
+            call_once(registry, link, function, params).await
+        };
+        let outcome = tokio::time::timeout_at(deadline, once)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
+        if outcome.is_ok() || attempt >= retries || tokio::time::Instant::now() >= deadline {
+            break outcome;
+        }
+        attempt += 1;
+        tracing::debug!(to = %link.to, function, attempt, "retrying an idempotent call");
+        tokio::time::sleep(RETRY_PAUSE * attempt).await;
+    };
+    policy.record(ticket, result.is_err(), started.elapsed());
+    result
+}
+
+/// Pause before the first retry of an idempotent call; grows linearly.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+async fn call_once(registry: &Registry, link: &Link, function: &str, params: &[Val]) -> anyhow::Result<Val> {
+    let callee = registry.get(&link.to).ok_or(NotRunning)?;
+    let _instance = callee.slot.instances.acquire().await?;
+    let mut store = callee.store();
+    let instance = callee.instantiate(&mut store).await?;
+    let component = callee.component();
+    let interface = component
+        .get_export_index(None, &link.interface)
+        .context("interface not exported")?;
+    let index = component
+        .get_export_index(Some(&interface), function)
+        .context("function not exported")?;
+    let func = instance.get_func(&mut store, index).context("function not exported")?;
+    let mut results = [Val::Bool(false)];
+    func.call_async(&mut store, params, &mut results).await?;
+    callee.finish(&mut store, true)?;
+    let [result] = results;
+    Ok(result)
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("the callee is not running")]
 struct NotRunning;
+
+#[derive(Debug, thiserror::Error)]
+#[error("fault injected")]
+struct FaultInjected;
 
 /// `err(unavailable(reason))`, the value a caller gets for a failed call.
 fn unavailable(err: &anyhow::Error) -> Val {
@@ -138,6 +192,13 @@ fn unavailable(err: &anyhow::Error) -> Val {
         "timed out"
     } else if err.is::<NotRunning>() {
         "not running"
+    } else if let Some(refused) = err.downcast_ref::<Refused>() {
+        match refused {
+            Refused::CircuitOpen => "circuit open",
+            Refused::BulkheadFull => "too many concurrent calls",
+        }
+    } else if err.is::<FaultInjected>() {
+        "fault injected"
     } else {
         "failed"
     };

@@ -49,6 +49,11 @@ async fn dispatch(State(runtime): State<Arc<Runtime>>, request: Request) -> Resu
         .get(name)
         .ok_or_else(|| ApiError::Unavailable(name.into()))?;
     let limits = loaded.slot.limits;
+    let _instance = loaded
+        .slot
+        .instances
+        .try_acquire()
+        .map_err(|_| ApiError::Busy(name.into()))?;
 
     let (mut parts, body) = request.into_parts();
     let too_large = ApiError::TooLarge {
@@ -74,6 +79,9 @@ async fn dispatch(State(runtime): State<Arc<Runtime>>, request: Request) -> Resu
     let request = hyper::Request::from_parts(parts, Full::new(body));
 
     let span = tracing::info_span!("http", component = %name, method = %request.method(), path = %request.uri().path());
+    if runtime.faults.inject(name).await {
+        return Err(ApiError::FaultInjected(name.into()));
+    }
     match tokio::time::timeout(limits.timeout() + GRACE, invoke(&loaded, request))
         .instrument(span)
         .await

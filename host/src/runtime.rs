@@ -23,14 +23,19 @@ use crate::config::Config;
 use crate::database::Database;
 use crate::delivery::Stats;
 use crate::engine::{self, EpochTicker};
+use crate::faults::Faults;
 use crate::invocation::Invocation;
 use crate::links;
+use crate::policy::Policy;
 
 pub struct Runtime {
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
     pub bus: Arc<dyn EventBus>,
     pub stats: Arc<Stats>,
+    pub faults: Arc<Faults>,
+    /// The call policy of every link, with its circuit.
+    pub policies: Vec<Arc<Policy>>,
     ready: AtomicBool,
     /// Drives deadlines for as long as the runtime lives.
     _ticker: EpochTicker,
@@ -54,9 +59,16 @@ impl Runtime {
         let ticker = EpochTicker::start(engine.clone());
         let bus = Arc::new(SqliteBus::open(&data_dir.join("bus.db"))?);
         let registry = Arc::new(Registry::default());
+        let faults = Arc::new(Faults::default());
+        let mut policies = Vec::new();
 
         for name in load_order(&config) {
-            let loaded = load_component(&engine, &config, &name, &registry)
+            let shared = Shared {
+                registry: &registry,
+                faults: &faults,
+                policies: &mut policies,
+            };
+            let loaded = load_component(&engine, &config, &name, shared)
                 .await
                 .with_context(|| format!("component `{name}`"))?;
             registry.insert(Arc::new(loaded));
@@ -66,6 +78,8 @@ impl Runtime {
             registry,
             bus,
             stats: Arc::default(),
+            faults,
+            policies,
             ready: AtomicBool::new(false),
             _ticker: ticker,
         })
@@ -102,25 +116,32 @@ fn load_order(config: &Config) -> Vec<String> {
     order
 }
 
-async fn load_component(
-    engine: &Engine,
-    config: &Config,
-    name: &str,
-    registry: &Arc<Registry>,
-) -> anyhow::Result<Loaded> {
+/// What a component's links need from the runtime.
+struct Shared<'a> {
+    registry: &'a Arc<Registry>,
+    faults: &'a Arc<Faults>,
+    policies: &'a mut Vec<Arc<Policy>>,
+}
+
+async fn load_component(engine: &Engine, config: &Config, name: &str, shared: Shared<'_>) -> anyhow::Result<Loaded> {
+    let registry = shared.registry;
     let settings = &config.components[name];
     let component = compile(engine, &settings.path).await?;
     let mut linker = Linker::<Invocation>::new(engine);
     add_capabilities(&mut linker)?;
     for link in config.links.iter().filter(|link| link.from == name) {
         let callee = registry.get(&link.to).context("callee loads first")?;
+        let policy = Arc::new(Policy::new(link.clone()));
+        shared.policies.push(policy.clone());
+        let (registry, faults) = (registry.clone(), shared.faults.clone());
         links::define(
             &mut linker,
             engine,
             &component,
             callee.component(),
-            link,
-            registry.clone(),
+            policy,
+            registry,
+            faults,
         )?;
     }
     let pre = linker

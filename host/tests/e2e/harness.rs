@@ -57,7 +57,7 @@ impl Host {
 
     /// Spawns the host and waits for its readiness line.
     pub fn start_with(config: &Path, data_dir: &Path) -> anyhow::Result<Host> {
-        for component in ["order", "payment", "rentcar", "view", "probe"] {
+        for component in ["order", "payment", "rentcar", "view", "probe", "hostile"] {
             let wasm = wasm(component);
             if !wasm.exists() {
                 bail!(

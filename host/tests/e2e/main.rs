@@ -8,3 +8,4 @@ mod crash;
 mod events;
 mod flow;
 mod lifecycle;
+mod resilience;

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 wit_bindgen::generate!({
     path: "../../../wit",
-    world: "rentcar:host/probe",
+    world: "rentcar:host/platform",
     with: {
         "rentcar:host/sql@0.1.0": rentcar_sdk::bindings::rentcar::host::sql,
         "rentcar:host/events@0.1.0": rentcar_sdk::bindings::rentcar::host::events,

@@ -1,0 +1,208 @@
+//! Protection against failing and hostile components: call policies, fault
+//! injection, and the sandbox's limits.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::{Host, eventually, wasm};
+
+/// The hostile component beside the well-behaved probe, with tight limits.
+fn hostile_config(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join("hostile.toml");
+    let config = format!(
+        "[components.hostile]\npath = {:?}\nroutes = [\"/hostile\"]\n\
+         [components.hostile.limits]\nmemory_mib = 16\ntimeout_ms = 500\ncpu_percent = 25\nmax_instances = 4\n\
+         max_response_bytes = 1048576\n\n\
+         [components.probe]\npath = {:?}\nroutes = [\"/probe\"]\nsubscribe = [\"probe\"]\n",
+        wasm("hostile"),
+        wasm("probe")
+    );
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+#[tokio::test]
+async fn hostile_components_get_clear_errors_and_the_host_keeps_serving() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = Host::start_with(&hostile_config(dir.path())?, &dir.path().join("data"))?;
+    let attacks = [
+        ("/hostile/loop", 504, "deadline-exceeded"),
+        ("/hostile/alloc", 500, "component-failed"),
+        ("/hostile/recurse", 500, "component-failed"),
+        ("/hostile/huge", 500, "component-failed"),
+        ("/hostile/trap", 500, "component-failed"),
+    ];
+    for (path, status, code) in attacks {
+        let started = Instant::now();
+        let (got, body) = host.get(path).await?;
+        assert_eq!((got, body["error"].as_str()), (status, Some(code)), "{path}: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{path} took {:?}",
+            started.elapsed()
+        );
+        let (status, _) = host.get("/probe/seen").await?;
+        assert_eq!(status, 200, "the neighbour still serves after {path}");
+    }
+
+    // Many attacks at once: the neighbour keeps answering meanwhile.
+    let attack = join_all((0..8).map(|i| host.get(["/hostile/loop", "/hostile/alloc"][i % 2])));
+    let neighbour = async {
+        for _ in 0..20 {
+            let (status, _) = host.get("/probe/seen").await?;
+            anyhow::ensure!(status == 200);
+        }
+        anyhow::Ok(())
+    };
+    let (attacks, neighbour) = tokio::join!(attack, neighbour);
+    neighbour?;
+    for result in attacks {
+        let (status, body) = result?;
+        assert!(status >= 500 && body["error"].is_string(), "{status} {body}");
+    }
+
+    let (status, escape) = host.get("/hostile/escape").await?;
+    assert_eq!(status, 200);
+    assert_eq!(escape["env"], 0, "no environment: {escape}");
+    for what in ["file", "dir", "net"] {
+        assert!(
+            escape[what].as_str().unwrap().starts_with("Err"),
+            "{what} must be denied: {escape}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn injected_delay_opens_the_circuit_and_removing_it_closes_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = Host::start(dir.path())?;
+    let car = host.car("Staria", 100_000).await?;
+    let (status, body) = host
+        .send(
+            reqwest::Client::new()
+                .put(format!("{}/admin/faults/payment", host.base))
+                .bearer_auth(crate::harness::TOKEN)
+                .json(&json!({ "delayMs": 800 })),
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+
+    // 24 clients, each ordering for a few seconds.
+    let client = reqwest::Client::new();
+    let results = join_all((0..24).map(|_| {
+        let (client, base) = (client.clone(), host.base.clone());
+        async move {
+            let mut seen = Vec::new();
+            let until = Instant::now() + Duration::from_secs(6);
+            while Instant::now() < until {
+                let started = Instant::now();
+                let response = client
+                    .post(format!("{base}/orders"))
+                    .json(&json!({ "carId": car, "qty": 1, "customer": "siege" }))
+                    .send()
+                    .await?;
+                let retry_after = response.headers().contains_key("retry-after");
+                let status = response.status().as_u16();
+                let body: Value = response.json().await?;
+                seen.push((status, started.elapsed(), retry_after, body));
+            }
+            anyhow::Ok(seen)
+        }
+    }))
+    .await;
+    let mut all = Vec::new();
+    for result in results {
+        all.extend(result?);
+    }
+    let created = all.iter().filter(|(status, ..)| *status == 201).count();
+    let mut fast_fails: Vec<Duration> = all
+        .iter()
+        .filter(|(s, ..)| *s == 503)
+        .map(|(_, took, ..)| *took)
+        .collect();
+    assert!(created >= 1, "slow calls still succeed until the circuit opens");
+    assert!(
+        fast_fails.len() > all.len() / 2,
+        "most callers are turned away: {} of {}",
+        fast_fails.len(),
+        all.len()
+    );
+    for (status, _, retry_after, body) in &all {
+        assert!(*status == 201 || *status == 503, "{status} {body}");
+        if *status == 503 {
+            assert!(*retry_after && body["error"] == "payment-unavailable", "{body}");
+        }
+    }
+    fast_fails.sort();
+    let median = fast_fails[fast_fails.len() / 2];
+    assert!(median < Duration::from_millis(400), "503s come fast, median {median:?}");
+    let (_, links) = host.admin(Method::GET, "/admin/links").await?;
+    assert_ne!(links[0]["circuit"], "closed", "{links}");
+    let (_, orders) = host.get("/orders").await?;
+    assert_eq!(
+        orders.as_array().unwrap().len(),
+        created,
+        "a 503 leaves no order behind"
+    );
+
+    let (status, _) = host.admin(Method::DELETE, "/admin/faults/payment").await?;
+    assert_eq!(status, 204);
+    eventually("orders to succeed again", Duration::from_secs(15), || async {
+        let (status, _) = host
+            .post("/orders", json!({ "carId": car, "qty": 1, "customer": "after" }))
+            .await?;
+        Ok((status == 201).then_some(()))
+    })
+    .await?;
+    let (_, links) = host.admin(Method::GET, "/admin/links").await?;
+    assert_eq!(links[0]["circuit"], "closed", "{links}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn aborts_fail_calls_and_requests_at_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = Host::start(dir.path())?;
+    let car = host.car("Bongo", 10).await?;
+    let put = |body: Value, component: &str| {
+        reqwest::Client::new()
+            .put(format!("{}/admin/faults/{component}", host.base))
+            .bearer_auth(crate::harness::TOKEN)
+            .json(&body)
+    };
+    let (status, _) = host.send(put(json!({ "abortPercent": 100 }), "payment")).await?;
+    assert_eq!(status, 200);
+    let (status, body) = host
+        .post("/orders", json!({ "carId": car, "qty": 1, "customer": "a" }))
+        .await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("payment-unavailable")),
+        "{body}"
+    );
+    let (status, body) = host.get("/payments").await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("fault-injected")),
+        "{body}"
+    );
+    let (_, faults) = host.admin(Method::GET, "/admin/faults").await?;
+    assert_eq!(faults["payment"]["abortPercent"], 100);
+
+    let (status, _) = host.send(put(json!({ "abortPercent": 101 }), "payment")).await?;
+    assert_eq!(status, 400);
+    let (status, _) = host.send(put(json!({ "delay": 1 }), "payment")).await?;
+    assert_eq!(status, 400, "unknown fields are refused");
+    let (status, _) = host.send(put(json!({}), "nobody")).await?;
+    assert_eq!(status, 404);
+
+    host.admin(Method::DELETE, "/admin/faults/payment").await?;
+    host.order(car, 1).await?;
+    let (status, _) = host.admin(Method::DELETE, "/admin/faults/payment").await?;
+    assert_eq!(status, 404, "no fault left to remove");
+    Ok(())
+}
