@@ -146,8 +146,8 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Largest response body a component may produce, in bytes.
     pub max_response_bytes: usize,
-    /// Instances that may run at once; an HTTP request beyond gets 503,
-    /// calls and deliveries wait.
+    /// Instances that may run at once; beyond, invocations wait for one (an
+    /// HTTP request gets 503 if none frees up within its deadline).
     pub max_instances: u32,
     /// Share of one core an instance may use, 1 to 100: above 100% of its
     /// share it is paused at every epoch tick, so a busy or looping

@@ -49,11 +49,12 @@ async fn dispatch(State(runtime): State<Arc<Runtime>>, request: Request) -> Resu
         .get(name)
         .ok_or_else(|| ApiError::Unavailable(name.into()))?;
     let limits = loaded.slot.limits;
-    let _instance = loaded
-        .slot
-        .instances
-        .try_acquire()
-        .map_err(|_| ApiError::Busy(name.into()))?;
+    // Beyond `max_instances` a request waits for a free instance, within
+    // its deadline: a flood of requests costs the host a queue, not CPU.
+    let _instance = match tokio::time::timeout(limits.timeout(), loaded.slot.instances.acquire()).await {
+        Ok(Ok(permit)) => permit,
+        _ => return Err(ApiError::Busy(name.into())),
+    };
 
     let (mut parts, body) = request.into_parts();
     let too_large = ApiError::TooLarge {
