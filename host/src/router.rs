@@ -12,7 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use tracing::Instrument as _;
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
@@ -57,21 +57,7 @@ async fn dispatch(State(runtime): State<Arc<Runtime>>, request: Request) -> Resu
     };
 
     let (mut parts, body) = request.into_parts();
-    let too_large = ApiError::TooLarge {
-        limit: limits.max_request_bytes,
-    };
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > limits.max_request_bytes) {
-        return Err(too_large);
-    }
-    let body = match Limited::new(body, limits.max_request_bytes).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) if err.is::<LengthLimitError>() => return Err(too_large),
-        Err(err) => return Err(ApiError::BadRequest(err.to_string())),
-    };
+    let body = read_body(body, limits.max_request_bytes).await?;
     if !parts.headers.contains_key(header::HOST) {
         parts
             .headers
@@ -90,6 +76,31 @@ async fn dispatch(State(runtime): State<Arc<Runtime>>, request: Request) -> Resu
         Ok(result) => result,
         Err(_) => Err(ApiError::Deadline(name.into())),
     }
+}
+
+/// Bodies this much over the limit are still read (and dropped) before the
+/// 413 goes out, so that the client, still sending, reads the answer instead
+/// of a reset connection; beyond it the connection is simply closed.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Buffers a request body of at most `limit` bytes.
+async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let mut buffer = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| ApiError::BadRequest(err.to_string()))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len();
+        if seen <= limit {
+            buffer.extend_from_slice(&data);
+        } else if seen > limit + DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::TooLarge { limit });
+    }
+    Ok(buffer.freeze())
 }
 
 /// Runs one request through a fresh instance and buffers its response; the
