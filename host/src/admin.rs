@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -13,14 +13,19 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
 use crate::bus::TopicStats;
-use crate::component::Status;
 use crate::delivery::{self, SubscriptionStats};
 use crate::faults::Fault;
-use crate::runtime::Runtime;
+use crate::registry::Status;
+use crate::runtime::{DeployError, Runtime};
 
 pub fn router(runtime: Arc<Runtime>) -> Router<Arc<Runtime>> {
     Router::new()
         .route("/admin/components", get(components))
+        .route(
+            "/admin/components/{name}",
+            put(deploy).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
+        )
+        .route("/admin/components/{name}/rollback", post(rollback))
         .route("/admin/components/{name}/stop", post(stop))
         .route("/admin/components/{name}/start", post(start))
         .route("/admin/subscriptions", get(subscriptions))
@@ -61,8 +66,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Largest component a deploy may upload.
+const MAX_COMPONENT_BYTES: usize = 64 * 1024 * 1024;
+
 async fn components(State(runtime): State<Arc<Runtime>>) -> Json<Vec<Status>> {
-    Json(runtime.registry.status())
+    Json(runtime.registry.statuses())
+}
+
+/// `PUT /admin/components/{name}` with the wasm as body: the readiness gate,
+/// then the swap. 422 with the reason if refused; the old version serves on.
+async fn deploy(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>, wasm: axum::body::Bytes) -> Response {
+    deployed(&name, runtime.deploy(&name, wasm.to_vec()).await)
+}
+
+async fn rollback(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) -> Response {
+    deployed(&name, runtime.rollback(&name).await)
+}
+
+fn deployed(name: &str, result: Result<Status, DeployError>) -> Response {
+    match result {
+        Ok(status) => Json(status).into_response(),
+        Err(DeployError::Unknown(_)) => error(StatusCode::NOT_FOUND, "not-found", &format!("no component `{name}`")),
+        Err(DeployError::Refused(reason)) => {
+            tracing::warn!(component = name, reason = %format!("{reason:#}"), "new version refused");
+            error(StatusCode::UNPROCESSABLE_ENTITY, "refused", &format!("{reason:#}"))
+        }
+    }
 }
 
 async fn stop(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) -> Response {
@@ -78,12 +107,7 @@ fn set_running(runtime: &Runtime, name: &str, running: bool) -> Response {
         return error(StatusCode::NOT_FOUND, "not-found", &format!("no component `{name}`"));
     }
     tracing::info!(component = %name, running, "component state changed by operator");
-    let state = if running { "running" } else { "stopped" };
-    Json(Status {
-        name: name.to_string(),
-        state,
-    })
-    .into_response()
+    Json(runtime.registry.status(name)).into_response()
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {

@@ -1,8 +1,8 @@
 //! A loaded component: compiled once, pre-instantiated once, instantiated
 //! fresh in its own `Store` for every invocation.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context as _, anyhow};
@@ -66,6 +66,12 @@ impl Slot {
 /// One loaded version of a component.
 pub struct Loaded {
     pub slot: Arc<Slot>,
+    /// Content digest (SHA-256) of the wasm the version was built from.
+    pub version: String,
+    /// When this version was loaded, ms since the Unix epoch.
+    pub loaded_at: u64,
+    /// Invocations running on this version now.
+    in_flight: Arc<AtomicUsize>,
     pre: InstancePre<Invocation>,
     /// Present when the component exports `wasi:http/incoming-handler`.
     pub proxy: Option<ProxyPre<Invocation>>,
@@ -74,9 +80,12 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    pub fn new(slot: Arc<Slot>, pre: InstancePre<Invocation>) -> Loaded {
+    pub fn new(slot: Arc<Slot>, pre: InstancePre<Invocation>, version: String) -> Loaded {
         Loaded {
             slot,
+            version,
+            loaded_at: crate::delivery::now_ms(),
+            in_flight: Arc::default(),
             proxy: ProxyPre::new(pre.clone()).ok(),
             event_handler: event_handler::GuestIndices::new(&pre).ok(),
             lifecycle: lifecycle::GuestIndices::new(&pre).ok(),
@@ -86,6 +95,10 @@ impl Loaded {
 
     pub fn name(&self) -> &str {
         &self.slot.name
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     pub fn component(&self) -> &Component {
@@ -114,6 +127,7 @@ impl Loaded {
             Transaction::new(slot.db.clone()),
             limits,
             slot.config.clone(),
+            InFlight::enter(&self.in_flight),
         );
         let mut store = Store::new(self.engine(), invocation);
         store.limiter(|invocation| &mut invocation.limits);
@@ -229,93 +243,19 @@ impl Loaded {
     }
 }
 
-/// The components, by name, and whether each is running. Invocations look
-/// their component up here each time, so that an operator can stop one, and a
-/// new version can take over between two invocations.
-pub struct Registry {
-    entries: RwLock<HashMap<String, Entry>>,
-    /// Bumped on every change, so that waiting dispatchers look again.
-    changed: watch::Sender<u64>,
-}
+/// Counts an invocation as in flight on its version until dropped (it lives
+/// in the invocation's store).
+pub struct InFlight(Arc<AtomicUsize>);
 
-struct Entry {
-    loaded: Arc<Loaded>,
-    running: bool,
-}
-
-/// A component's name and state, as the admin API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Status {
-    pub name: String,
-    pub state: &'static str,
-}
-
-impl Default for Registry {
-    fn default() -> Self {
-        Registry {
-            entries: RwLock::default(),
-            changed: watch::Sender::new(0),
-        }
+impl InFlight {
+    fn enter(counter: &Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter.clone())
     }
 }
 
-impl Registry {
-    /// The running version of a component; `None` if unknown or stopped.
-    pub fn get(&self, name: &str) -> Option<Arc<Loaded>> {
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(name)
-            .filter(|entry| entry.running)
-            .map(|entry| entry.loaded.clone())
-    }
-
-    pub fn insert(&self, loaded: Arc<Loaded>) {
-        let name = loaded.name().to_string();
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name, Entry { loaded, running: true });
-        self.changed.send_modify(|generation| *generation += 1);
-    }
-
-    /// Stops or starts a component; `false` if there is no such component.
-    pub fn set_running(&self, name: &str, running: bool) -> bool {
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = entries.get_mut(name) else {
-            return false;
-        };
-        entry.running = running;
-        drop(entries);
-        self.changed.send_modify(|generation| *generation += 1);
-        true
-    }
-
-    /// A component, running or not, and whether it runs.
-    pub fn entry(&self, name: &str) -> Option<(Arc<Loaded>, bool)> {
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries.get(name).map(|entry| (entry.loaded.clone(), entry.running))
-    }
-
-    /// Every component, running or not.
-    pub fn all(&self) -> Vec<Arc<Loaded>> {
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries.values().map(|entry| entry.loaded.clone()).collect()
-    }
-
-    pub fn status(&self) -> Vec<Status> {
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        let mut status: Vec<Status> = entries
-            .iter()
-            .map(|(name, entry)| Status {
-                name: name.clone(),
-                state: if entry.running { "running" } else { "stopped" },
-            })
-            .collect();
-        status.sort_by(|a, b| a.name.cmp(&b.name));
-        status
-    }
-
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -30,8 +30,9 @@ use tracing::Instrument as _;
 
 use crate::bindings::event_handler::Event;
 use crate::bus::{DeadLetter, Envelope, EventBus};
-use crate::component::{Loaded, Registry, Slot};
+use crate::component::{Loaded, Slot};
 use crate::config::Delivery;
+use crate::registry::Registry;
 use crate::runtime::Runtime;
 
 /// Events moved or delivered per round trip to a database.

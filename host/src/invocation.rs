@@ -13,6 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::component::InFlight;
 use crate::database::Transaction;
 
 pub struct Invocation {
@@ -21,6 +22,7 @@ pub struct Invocation {
     pub txn: Transaction,
     pub limits: StoreLimits,
     config: Arc<WasiConfigVariables>,
+    _in_flight: InFlight,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
@@ -32,12 +34,14 @@ impl Invocation {
         txn: Transaction,
         limits: StoreLimits,
         config: Arc<WasiConfigVariables>,
+        in_flight: InFlight,
     ) -> Invocation {
         Invocation {
             component,
             txn,
             limits,
             config,
+            _in_flight: in_flight,
             // No preopened directories, no environment, no arguments, no
             // network: the sandbox grants nothing by default.
             wasi: WasiCtx::builder().allow_ip_name_lookup(false).build(),

@@ -19,6 +19,7 @@ mod invocation;
 mod links;
 mod outbox;
 mod policy;
+pub mod registry;
 mod router;
 pub mod runtime;
 mod sql;

@@ -21,11 +21,12 @@ use wasmtime::Engine;
 use wasmtime::component::types::{ComponentFunc, ComponentItem};
 use wasmtime::component::{Component, Linker, Type, Val};
 
-use crate::component::{DeadlineExceeded, Registry};
+use crate::component::DeadlineExceeded;
 use crate::config::Link;
 use crate::faults::Faults;
 use crate::invocation::Invocation;
 use crate::policy::{Policy, Refused};
+use crate::registry::Registry;
 
 /// Defines the functions of `link.interface` in the caller's linker, after
 /// checking that the callee exports the interface in the expected shape and
@@ -39,20 +40,9 @@ pub fn define(
     registry: Arc<Registry>,
     faults: Arc<Faults>,
 ) -> anyhow::Result<()> {
-    let link = &policy.link;
-    let name = format!("link {} -> {} ({})", link.from, link.to, link.interface);
-    let imported = caller
-        .component_type()
-        .imports(engine)
-        .any(|(import, _)| import == link.interface);
-    if !imported {
-        bail!("{name}: `{}` does not import `{}`", link.from, link.interface);
-    }
-    let functions = exported_functions(engine, callee, &link.interface)
-        .with_context(|| format!("{name}: `{}` cannot serve it", link.to))?;
-    let mut instance = linker.instance(&link.interface)?;
-    for (function, ty) in functions {
-        check_shape(&function, &ty).with_context(|| format!("{name}: function `{function}`"))?;
+    let functions = check(engine, caller, callee, &policy.link)?;
+    let mut instance = linker.instance(&policy.link.interface)?;
+    for function in functions {
         let (policy, registry, faults) = (policy.clone(), registry.clone(), faults.clone());
         let function = Arc::new(function);
         instance.func_new_async(&function.clone(), move |_caller, _ty, params, results| {
@@ -73,23 +63,55 @@ pub fn define(
     Ok(())
 }
 
-fn exported_functions(
-    engine: &Engine,
-    callee: &Component,
-    interface: &str,
-) -> anyhow::Result<Vec<(String, ComponentFunc)>> {
-    let ty = callee.component_type();
-    let exported = ty.exports(engine).find(|(name, _)| *name == interface);
-    let Some(ComponentItem::ComponentInstance(instance)) = exported.map(|(_, export)| export.ty) else {
-        bail!("it does not export `{interface}`");
+/// Checks that `caller` and `callee` fit `link`: the caller imports the
+/// interface, the callee exports every function the caller imports with the
+/// same types, and each returns `result<_, E>` with `E` having a case
+/// `unavailable(string)`. Returns the functions the caller imports. Used at
+/// start-up and before a new version of either side is let in.
+pub fn check(engine: &Engine, caller: &Component, callee: &Component, link: &Link) -> anyhow::Result<Vec<String>> {
+    let name = format!("link {} -> {} ({})", link.from, link.to, link.interface);
+    let caller_type = caller.component_type();
+    let imported = caller_type
+        .imports(engine)
+        .find(|(import, _)| *import == link.interface);
+    let Some(ComponentItem::ComponentInstance(imported)) = imported.map(|(_, import)| import.ty) else {
+        bail!("{name}: `{}` does not import `{}`", link.from, link.interface);
     };
-    Ok(instance
-        .exports(engine)
-        .filter_map(|(name, item)| match item.ty {
+    let wanted = functions(imported.exports(engine).map(|(name, item)| (name, item.ty)));
+    let callee_type = callee.component_type();
+    let exported = callee_type.exports(engine).find(|(name, _)| *name == link.interface);
+    let Some(ComponentItem::ComponentInstance(exported)) = exported.map(|(_, export)| export.ty) else {
+        bail!(
+            "{name}: `{}` cannot serve it: it does not export `{}`",
+            link.to,
+            link.interface
+        );
+    };
+    let offered = functions(exported.exports(engine).map(|(name, item)| (name, item.ty)));
+    for (function, ty) in &wanted {
+        let Some((_, served)) = offered.iter().find(|(name, _)| name == function) else {
+            bail!("{name}: `{}` does not export function `{function}`", link.to);
+        };
+        let same = ty.params().map(|(_, t)| t).eq(served.params().map(|(_, t)| t)) && ty.results().eq(served.results());
+        if !same {
+            bail!(
+                "{name}: function `{function}` has other types in `{}` than `{}` expects",
+                link.to,
+                link.from
+            );
+        }
+        check_shape(function, served).with_context(|| format!("{name}: function `{function}`"))?;
+    }
+    Ok(wanted.into_iter().map(|(function, _)| function).collect())
+}
+
+fn functions<'a>(items: impl Iterator<Item = (&'a str, ComponentItem)>) -> Vec<(String, ComponentFunc)> {
+    items
+        .filter_map(|(name, item)| match item {
             ComponentItem::ComponentFunc(func) => Some((name.to_string(), func)),
             _ => None,
         })
-        .collect())
+        .collect()
 }
 
 /// Checks that a function returns `result<_, E>` with `E` a variant that has

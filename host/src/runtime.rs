@@ -1,16 +1,20 @@
-//! Loading the system: compile every component, link its imports, run its
-//! `init`, and keep the result in the [`Registry`].
+//! Loading the system, and replacing a component while it runs.
 //!
-//! Everything that can be wrong with the configuration or the components is
-//! found here, before the port is bound.
+//! [`Runtime::load`] compiles every component, links its imports, runs its
+//! `init` and installs it in the [`Registry`]; everything that can be wrong
+//! with the configuration or the components is found there, before the port
+//! is bound. [`Runtime::deploy`] takes a new version of one component
+//! through the same steps (the readiness gate) off the request path, then
+//! swaps it in atomically.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
+use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime_wasi_config::WasiConfigVariables;
@@ -18,7 +22,7 @@ use wasmtime_wasi_http::{WasiHttp, WasiHttpView};
 
 use crate::bindings;
 use crate::bus::{EventBus, SqliteBus};
-use crate::component::{Loaded, Registry, Slot};
+use crate::component::{Loaded, Slot};
 use crate::config::Config;
 use crate::database::Database;
 use crate::delivery::Stats;
@@ -27,6 +31,7 @@ use crate::faults::Faults;
 use crate::invocation::Invocation;
 use crate::links;
 use crate::policy::Policy;
+use crate::registry::{Registry, Status};
 
 pub struct Runtime {
     pub config: Arc<Config>,
@@ -36,9 +41,21 @@ pub struct Runtime {
     pub faults: Arc<Faults>,
     /// The call policy of every link, with its circuit.
     pub policies: Vec<Arc<Policy>>,
+    engine: Engine,
+    /// One deployment at a time: a swap must not race another.
+    deploying: tokio::sync::Mutex<()>,
     ready: AtomicBool,
     /// Drives deadlines for as long as the runtime lives.
     _ticker: EpochTicker,
+}
+
+/// Why a new version was refused; the old one keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("no component `{0}`")]
+    Unknown(String),
+    #[error("{0:#}")]
+    Refused(anyhow::Error),
 }
 
 impl Runtime {
@@ -47,7 +64,7 @@ impl Runtime {
     pub async fn load(config: Config) -> anyhow::Result<Runtime> {
         let config = Arc::new(config);
         let data_dir = &config.server.data_dir;
-        std::fs::create_dir_all(data_dir)
+        std::fs::create_dir_all(data_dir.join("deployed"))
             .with_context(|| format!("failed to create data directory {}", data_dir.display()))?;
         let max_memory = config
             .components
@@ -56,33 +73,162 @@ impl Runtime {
             .max()
             .unwrap_or(0);
         let engine = engine::build(max_memory, &config.cache_dir())?;
-        let ticker = EpochTicker::start(engine.clone());
-        let bus = Arc::new(SqliteBus::open(&data_dir.join("bus.db"))?);
-        let registry = Arc::new(Registry::default());
-        let faults = Arc::new(Faults::default());
-        let mut policies = Vec::new();
-
-        for name in load_order(&config) {
-            let shared = Shared {
-                registry: &registry,
-                faults: &faults,
-                policies: &mut policies,
-            };
-            let loaded = load_component(&engine, &config, &name, shared)
+        let runtime = Runtime {
+            bus: Arc::new(SqliteBus::open(&data_dir.join("bus.db"))?),
+            registry: Arc::default(),
+            stats: Arc::default(),
+            faults: Arc::default(),
+            policies: config
+                .links
+                .iter()
+                .map(|link| Arc::new(Policy::new(link.clone())))
+                .collect(),
+            _ticker: EpochTicker::start(engine.clone()),
+            engine,
+            deploying: tokio::sync::Mutex::new(()),
+            ready: AtomicBool::new(false),
+            config,
+        };
+        for name in load_order(&runtime.config) {
+            runtime
+                .load_component(&name)
                 .await
                 .with_context(|| format!("component `{name}`"))?;
-            registry.insert(Arc::new(loaded));
         }
-        Ok(Runtime {
-            config,
-            registry,
-            bus,
-            stats: Arc::default(),
-            faults,
-            policies,
-            ready: AtomicBool::new(false),
-            _ticker: ticker,
-        })
+        Ok(runtime)
+    }
+
+    async fn load_component(&self, name: &str) -> anyhow::Result<()> {
+        let settings = &self.config.components[name];
+        // A version deployed through the admin API outlives restarts.
+        let deployed = self.deployed_path(name);
+        let path = if deployed.is_file() { &deployed } else { &settings.path };
+        if !path.is_file() {
+            bail!(
+                "file {} not found; build the components with `cargo xtask build`",
+                path.display()
+            );
+        }
+        let wasm = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if path == &deployed {
+            tracing::info!(component = name, path = %path.display(), "loading the deployed version");
+        }
+        let db_path = self.config.server.data_dir.join(format!("{name}.db"));
+        let config: WasiConfigVariables = settings.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let slot = Arc::new(Slot::new(name, Database::open(&db_path)?, config, settings.limits));
+        let loaded = self.prepare(slot, wasm).await?;
+        self.registry.install(Arc::new(loaded));
+        Ok(())
+    }
+
+    /// The readiness gate: compiles `wasm` off the request path, links it,
+    /// checks it against the routes, subscriptions and links of its
+    /// component, and runs its `init`. Nothing is installed.
+    async fn prepare(&self, slot: Arc<Slot>, wasm: Vec<u8>) -> anyhow::Result<Loaded> {
+        let name = slot.name.to_string();
+        let version = digest(&wasm);
+        let component = compile(&self.engine, &name, wasm).await?;
+        let mut linker = Linker::<Invocation>::new(&self.engine);
+        add_capabilities(&mut linker)?;
+        for policy in self.policies.iter().filter(|policy| policy.link.from == name) {
+            let callee = self.registry.entry(&policy.link.to).context("callee loads first")?.0;
+            let (registry, faults) = (self.registry.clone(), self.faults.clone());
+            links::define(
+                &mut linker,
+                &self.engine,
+                &component,
+                callee.component(),
+                policy.clone(),
+                registry,
+                faults,
+            )?;
+        }
+        for link in self.config.links.iter().filter(|link| link.to == name) {
+            if let Some((caller, _)) = self.registry.entry(&link.from) {
+                links::check(&self.engine, caller.component(), &component, link)?;
+            }
+        }
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context(
+                "it imports something the host does not provide: components may import WASI, \
+             wasi:http/types, rentcar:host/sql, rentcar:host/events, wasi:config/store, \
+             and the interfaces of their links in runtime.toml",
+            )?;
+        let loaded = Loaded::new(slot, pre, version);
+        let settings = &self.config.components[&name];
+        if !settings.routes.is_empty() && loaded.proxy.is_none() {
+            bail!("it has routes but does not export wasi:http/incoming-handler");
+        }
+        if !settings.subscribe.is_empty() && !loaded.handles_events() {
+            bail!("it subscribes to topics but does not export rentcar:host/event-handler");
+        }
+        loaded.init().await?;
+        Ok(loaded)
+    }
+
+    /// Replaces the running version of `name` with `wasm` once it passed the
+    /// readiness gate. Invocations already running finish on the old
+    /// version; new ones start on the new one. The new version is kept on
+    /// disk, so a restart keeps it.
+    pub async fn deploy(&self, name: &str, wasm: Vec<u8>) -> Result<Status, DeployError> {
+        let _one_at_a_time = self.deploying.lock().await;
+        let (current, _) = self
+            .registry
+            .entry(name)
+            .ok_or_else(|| DeployError::Unknown(name.into()))?;
+        let started = Instant::now();
+        let bytes = wasm.clone();
+        let loaded = self
+            .prepare(current.slot.clone(), wasm)
+            .await
+            .map_err(DeployError::Refused)?;
+        if loaded.version == current.version {
+            tracing::info!(component = name, version = %loaded.version, "deployed version is already running");
+        } else {
+            self.persist(name, &bytes).map_err(DeployError::Refused)?;
+            let version = loaded.version.clone();
+            self.registry.install(Arc::new(loaded));
+            tracing::info!(
+                component = name, version = %version, previous = %current.version,
+                elapsed_ms = started.elapsed().as_millis() as u64, "new version swapped in"
+            );
+        }
+        Ok(self.registry.status(name).expect("installed above"))
+    }
+
+    /// Goes back to the previous version of `name`.
+    pub async fn rollback(&self, name: &str) -> Result<Status, DeployError> {
+        let _one_at_a_time = self.deploying.lock().await;
+        if self.registry.entry(name).is_none() {
+            return Err(DeployError::Unknown(name.into()));
+        }
+        let previous = self.registry.previous(name);
+        let Some(previous) = previous else {
+            return Err(DeployError::Refused(anyhow::anyhow!(
+                "`{name}` has no previous version"
+            )));
+        };
+        self.registry.rollback(name);
+        tracing::info!(component = name, version = %previous.version, "rolled back");
+        Ok(self.registry.status(name).expect("rolled back above"))
+    }
+
+    fn deployed_path(&self, name: &str) -> PathBuf {
+        self.config
+            .server
+            .data_dir
+            .join("deployed")
+            .join(format!("{name}.wasm"))
+    }
+
+    fn persist(&self, name: &str, wasm: &[u8]) -> anyhow::Result<()> {
+        let path = self.deployed_path(name);
+        let temporary = path.with_extension("wasm.tmp");
+        std::fs::write(&temporary, wasm).with_context(|| format!("cannot write {}", temporary.display()))?;
+        std::fs::rename(&temporary, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
     }
 
     /// The admin API's bearer token: `RENTCAR_ADMIN_TOKEN`, else the
@@ -116,57 +262,6 @@ fn load_order(config: &Config) -> Vec<String> {
     order
 }
 
-/// What a component's links need from the runtime.
-struct Shared<'a> {
-    registry: &'a Arc<Registry>,
-    faults: &'a Arc<Faults>,
-    policies: &'a mut Vec<Arc<Policy>>,
-}
-
-async fn load_component(engine: &Engine, config: &Config, name: &str, shared: Shared<'_>) -> anyhow::Result<Loaded> {
-    let registry = shared.registry;
-    let settings = &config.components[name];
-    let component = compile(engine, &settings.path).await?;
-    let mut linker = Linker::<Invocation>::new(engine);
-    add_capabilities(&mut linker)?;
-    for link in config.links.iter().filter(|link| link.from == name) {
-        let callee = registry.get(&link.to).context("callee loads first")?;
-        let policy = Arc::new(Policy::new(link.clone()));
-        shared.policies.push(policy.clone());
-        let (registry, faults) = (registry.clone(), shared.faults.clone());
-        links::define(
-            &mut linker,
-            engine,
-            &component,
-            callee.component(),
-            policy,
-            registry,
-            faults,
-        )?;
-    }
-    let pre = linker
-        .instantiate_pre(&component)
-        .map_err(anyhow::Error::from)
-        .context(
-            "it imports something the host does not provide: components may import WASI, \
-         wasi:http/types, rentcar:host/sql, rentcar:host/events, wasi:config/store, \
-         and the interfaces of their links in runtime.toml",
-        )?;
-
-    let db_path = config.server.data_dir.join(format!("{name}.db"));
-    let config: WasiConfigVariables = settings.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let slot = Arc::new(Slot::new(name, Database::open(&db_path)?, config, settings.limits));
-    let loaded = Loaded::new(slot, pre);
-    if !settings.routes.is_empty() && loaded.proxy.is_none() {
-        bail!("it has routes but does not export wasi:http/incoming-handler");
-    }
-    if !settings.subscribe.is_empty() && !loaded.handles_events() {
-        bail!("it subscribes to topics but does not export rentcar:host/event-handler");
-    }
-    loaded.init().await?;
-    Ok(loaded)
-}
-
 /// What every component may import: WASI without any ambient authority,
 /// the types of `wasi:http` (but no outgoing requests), its database, its
 /// outbox and its configuration.
@@ -184,21 +279,28 @@ fn add_capabilities(linker: &mut Linker<Invocation>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn compile(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
-    if !path.is_file() {
-        bail!(
-            "file {} not found; build the components with `cargo xtask build`",
-            path.display()
-        );
-    }
+/// Compiles on a blocking thread; the engine's cache makes a restart with
+/// unchanged components skip the work.
+async fn compile(engine: &Engine, name: &str, wasm: Vec<u8>) -> anyhow::Result<Component> {
     let started = Instant::now();
-    let (engine, owned) = (engine.clone(), path.to_owned());
-    let component = tokio::task::spawn_blocking(move || Component::from_file(&engine, &owned))
+    let size_kib = wasm.len() / 1024;
+    tracing::info!(component = name, size_kib, "compiling");
+    let engine = engine.clone();
+    let component = tokio::task::spawn_blocking(move || Component::new(&engine, &wasm))
         .await?
         .map_err(anyhow::Error::from)
-        .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
-    tracing::info!(path = %path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "compiled");
+        .context("not a valid WebAssembly component")?;
+    tracing::info!(
+        component = name,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "compiled"
+    );
     Ok(component)
+}
+
+/// SHA-256 of the wasm, in hex: a version's identity.
+fn digest(wasm: &[u8]) -> String {
+    Sha256::digest(wasm).iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The distinct topics some component subscribes to.
