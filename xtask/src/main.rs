@@ -14,7 +14,15 @@ use anyhow::{Context as _, bail};
 
 /// The guest crates, each built into `target/wasm32-wasip2/release/NAME.wasm`:
 /// the four bounded contexts, and the components only the tests load.
-const COMPONENTS: &[&str] = &["order", "payment", "rentcar", "view", "probe", "hostile"];
+const COMPONENTS: &[&str] = &[
+    "order",
+    "payment",
+    "rentcar",
+    "view",
+    "probe",
+    "hostile",
+    "broken-payment",
+];
 const GUEST_TARGET: &str = "wasm32-wasip2";
 
 fn main() -> anyhow::Result<()> {

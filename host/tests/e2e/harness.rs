@@ -57,7 +57,15 @@ impl Host {
 
     /// Spawns the host and waits for its readiness line.
     pub fn start_with(config: &Path, data_dir: &Path) -> anyhow::Result<Host> {
-        for component in ["order", "payment", "rentcar", "view", "probe", "hostile"] {
+        for component in [
+            "order",
+            "payment",
+            "rentcar",
+            "view",
+            "probe",
+            "hostile",
+            "broken_payment",
+        ] {
             let wasm = wasm(component);
             if !wasm.exists() {
                 bail!(
@@ -119,6 +127,7 @@ impl Host {
     }
 
     /// Resident memory of the host process, in KiB (Linux).
+    #[allow(dead_code, reason = "used by the benchmarks")]
     pub fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
@@ -331,4 +340,31 @@ pub async fn books_balance(host: &Host) -> anyhow::Result<Option<String>> {
         count("CANCELLED"),
         payments.len()
     )))
+}
+
+/// The component's wasm with a custom section appended: the same program,
+/// another content digest, i.e. another version.
+pub fn variant(name: &str, tag: &str) -> anyhow::Result<Vec<u8>> {
+    let mut wasm = std::fs::read(wasm(name))?;
+    let section_name = b"rentcar-test-version";
+    let mut payload = leb128(section_name.len());
+    payload.extend_from_slice(section_name);
+    payload.extend_from_slice(tag.as_bytes());
+    wasm.push(0);
+    wasm.extend(leb128(payload.len()));
+    wasm.extend(payload);
+    Ok(wasm)
+}
+
+fn leb128(mut value: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
 }

@@ -9,3 +9,4 @@ mod events;
 mod flow;
 mod lifecycle;
 mod resilience;
+mod swap;
