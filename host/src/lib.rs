@@ -23,6 +23,7 @@ pub mod registry;
 mod router;
 pub mod runtime;
 mod sql;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,16 +36,21 @@ pub use config::Config;
 pub use runtime::Runtime;
 
 /// Serves `runtime` on `listener` until `shutdown` resolves, then lets
-/// in-flight requests and deliveries finish.
+/// in-flight requests and deliveries finish. With `watch`, component files
+/// that change on disk are swapped in.
 pub async fn serve(
     listener: TcpListener,
     runtime: Runtime,
+    watch: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let runtime = Arc::new(runtime);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     delivery::start(&runtime, &token, &tracker);
+    if watch {
+        watch::start(runtime.clone(), token.clone(), &tracker)?;
+    }
     runtime.set_ready();
 
     axum::serve(listener, router::router(runtime.clone()))

@@ -38,6 +38,23 @@ enum Command {
         /// Bearer token of the admin API (overrides `admin.token`).
         #[arg(long, env = "RENTCAR_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// Swap a component in (through the readiness gate) whenever its
+        /// wasm file changes on disk.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Deploys a new version of a component to a running host.
+    Deploy {
+        /// The component to replace, e.g. `payment`.
+        name: String,
+        /// The new version's wasm file.
+        file: PathBuf,
+        /// The host's address.
+        #[arg(long, env = "RENTCAR_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The admin API's bearer token.
+        #[arg(long, env = "RENTCAR_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
     },
 }
 
@@ -66,12 +83,16 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Serve {
-        config,
-        listen,
-        data_dir,
-        admin_token,
-    } = cli.command;
+    let (config, listen, data_dir, admin_token, watch) = match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            admin_token,
+            watch,
+        } => (config, listen, data_dir, admin_token, watch),
+        Command::Deploy { name, file, url, token } => return deploy(&name, &file, &url, &token).await,
+    };
     let mut config = Config::load(&config)?;
     if let Some(listen) = listen {
         config.server.listen = listen;
@@ -91,7 +112,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!(addr = %local, "serving");
     // The one line on stderr that tests and scripts wait for.
     eprintln!("listening on http://{local}");
-    rentcar_host::serve(listener, runtime, shutdown_signal()).await
+    rentcar_host::serve(listener, runtime, watch, shutdown_signal()).await
+}
+
+/// `rentcar-host deploy`: uploads the file to the admin API and reports.
+async fn deploy(name: &str, file: &std::path::Path, url: &str, token: &str) -> anyhow::Result<()> {
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let endpoint = format!("{}/admin/components/{name}", url.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .put(&endpoint)
+        .bearer_auth(token)
+        .body(wasm)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {endpoint}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("{status}: {}", body["message"].as_str().unwrap_or("deploy failed"));
+    }
+    tracing::info!(component = name, version = %body["version"], previous = %body["previousVersion"], "deployed");
+    eprintln!(
+        "deployed {name}: version {} (previous {})",
+        body["version"], body["previousVersion"]
+    );
+    Ok(())
 }
 
 /// Resolves on ctrl-c or SIGTERM.

@@ -55,8 +55,12 @@ impl Host {
         Host::start_with(&runtime_toml(), data_dir)
     }
 
-    /// Spawns the host and waits for its readiness line.
     pub fn start_with(config: &Path, data_dir: &Path) -> anyhow::Result<Host> {
+        Host::start_with_args(config, data_dir, &[])
+    }
+
+    /// Spawns the host and waits for its readiness line.
+    pub fn start_with_args(config: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Host> {
         for component in [
             "order",
             "payment",
@@ -80,6 +84,7 @@ impl Host {
             .arg(config)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("RENTCAR_ADMIN_TOKEN", TOKEN)
             .env("RUST_LOG", "info,rentcar_host=debug")
             .env("RUST_BACKTRACE", "0")

@@ -130,3 +130,63 @@ async fn swapping_under_load_fails_no_request() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn watch_swaps_a_rebuilt_file_and_the_cli_deploys() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let watched = dir.path().join("payment.wasm");
+    std::fs::copy(wasm("payment"), &watched)?;
+    let runtime = std::fs::read_to_string(crate::harness::runtime_toml())?;
+    let mut config = String::new();
+    for line in runtime.lines() {
+        match line.strip_prefix("path = \"target/wasm32-wasip2/release/") {
+            Some("payment.wasm\"") => config.push_str(&format!("path = {watched:?}\n")),
+            Some(file) => config.push_str(&format!("path = {:?}\n", wasm(file.trim_end_matches(".wasm\"")))),
+            None => config.push_str(&format!("{line}\n")),
+        }
+    }
+    let config_path = dir.path().join("runtime.toml");
+    std::fs::write(&config_path, config)?;
+    let host = Host::start_with_args(&config_path, &dir.path().join("data"), &["--watch"])?;
+    let version = |components: &Value| {
+        components
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "payment")
+            .unwrap()["version"]
+            .clone()
+    };
+    let (_, before) = host.admin(Method::GET, "/admin/components").await?;
+
+    std::fs::write(&watched, variant("payment", "rebuilt")?)?;
+    eventually("the watcher to swap payment", Duration::from_secs(20), || async {
+        let (_, now) = host.admin(Method::GET, "/admin/components").await?;
+        Ok((version(&now) != version(&before)).then_some(()))
+    })
+    .await?;
+    assert!(host.log().contains("watch: swapped in"));
+    let car = host.car("Watched", 5).await?;
+    host.order(car, 1).await?;
+
+    // The operator's CLI goes through the same gate.
+    let deploy = |file: std::path::PathBuf| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rentcar-host"))
+            .args(["deploy", "payment"])
+            .arg(file)
+            .args(["--url", &host.base, "--token", TOKEN])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+    };
+    let cli = dir.path().join("cli.wasm");
+    std::fs::write(&cli, variant("payment", "cli")?)?;
+    let output = deploy(cli)?;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = deploy(wasm("broken_payment"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("422") && stderr.contains("init failed"),
+        "{stderr}"
+    );
+    Ok(())
+}
