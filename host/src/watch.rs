@@ -32,11 +32,11 @@ pub fn start(runtime: Arc<Runtime>, token: CancellationToken, tracker: &TaskTrac
     }
     let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            if matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_)) {
-                for path in event.paths {
-                    let _ = changed.send(path);
-                }
+        if let Ok(event) = event
+            && matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_))
+        {
+            for path in event.paths {
+                let _ = changed.send(path);
             }
         }
     })
