@@ -218,7 +218,13 @@ async fn replay(State(runtime): State<Arc<Runtime>>, Path(id): Path<i64>) -> Res
         let message = format!("component `{}` is stopped; start it first", letter.consumer);
         return error(StatusCode::CONFLICT, "stopped", &message);
     };
-    match delivery::deliver_once(&loaded, &delivery::to_event(&letter.event)).await {
+    match delivery::deliver_once(
+        &loaded,
+        &delivery::to_event(&letter.event),
+        letter.event.request_id.as_deref(),
+    )
+    .await
+    {
         Ok(_) => {
             if let Err(err) = runtime.bus.remove_dead_letter(id).await {
                 return internal(err);

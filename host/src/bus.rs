@@ -29,6 +29,8 @@ pub struct Envelope {
     pub schema_version: u32,
     /// JSON document.
     pub payload: String,
+    /// The request that caused it, if any.
+    pub request_id: Option<String>,
 }
 
 /// An event a consumer could not apply within its attempts.
@@ -114,7 +116,8 @@ impl SqliteBus {
                  source TEXT NOT NULL,
                  time INTEGER NOT NULL,
                  schema_version INTEGER NOT NULL,
-                 payload TEXT NOT NULL
+                 payload TEXT NOT NULL,
+                 request_id TEXT
              );
              CREATE INDEX IF NOT EXISTS events_by_topic ON events (topic, position);
              CREATE TABLE IF NOT EXISTS positions (
@@ -163,8 +166,8 @@ impl EventBus for SqliteBus {
             let tx = conn.transaction()?;
             {
                 let mut insert = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO events (id, topic, key, type, source, time, schema_version, payload)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO events (id, topic, key, type, source, time, schema_version, payload, request_id)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )?;
                 for e in events {
                     insert.execute(params![
@@ -175,7 +178,8 @@ impl EventBus for SqliteBus {
                         e.source,
                         e.time,
                         e.schema_version,
-                        e.payload
+                        e.payload,
+                        e.request_id
                     ])?;
                 }
             }
@@ -190,7 +194,7 @@ impl EventBus for SqliteBus {
     async fn read(&self, topic: &str, position: u64, limit: usize) -> anyhow::Result<Vec<(u64, Envelope)>> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT position, id, topic, key, type, source, time, schema_version, payload
+                "SELECT position, id, topic, key, type, source, time, schema_version, payload, request_id
                  FROM events WHERE topic = ? AND position > ? ORDER BY position LIMIT ?",
             )?;
             let rows = stmt.query_map(params![topic, position, limit as u64], |row| {
@@ -205,6 +209,7 @@ impl EventBus for SqliteBus {
                         time: row.get(6)?,
                         schema_version: row.get(7)?,
                         payload: row.get(8)?,
+                        request_id: row.get(9)?,
                     },
                 ))
             })?;
@@ -304,6 +309,7 @@ impl EventBus for SqliteBus {
                         time: row.get(11)?,
                         schema_version: row.get(12)?,
                         payload: row.get(13)?,
+                        request_id: None,
                     },
                 })
             })?;
@@ -352,6 +358,7 @@ mod tests {
             time: 0,
             schema_version: 1,
             payload: "{}".into(),
+            request_id: None,
         }
     }
 

@@ -207,12 +207,13 @@ impl Loaded {
     /// Delivers one event to the component's `event-handler` in its own
     /// transaction, together with the inbox row that makes it idempotent.
     /// Returns `false` when the inbox shows the event was applied already.
-    pub async fn deliver(&self, event: &event_handler::Event) -> anyhow::Result<bool> {
+    pub async fn deliver(&self, event: &event_handler::Event, request_id: Option<&str>) -> anyhow::Result<bool> {
         let indices = self
             .event_handler
             .as_ref()
             .context("component exports no event-handler")?;
         let mut store = self.store();
+        store.data_mut().request_id = request_id.map(str::to_string);
         let instance = self.instantiate(&mut store).await?;
         let handler = indices.load(&mut store, &instance)?;
         let txn = &mut store.data_mut().txn;

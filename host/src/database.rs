@@ -44,6 +44,8 @@ const MIGRATIONS: &[&str] = &[
         event_id TEXT PRIMARY KEY,
         received_at INTEGER NOT NULL
     ) WITHOUT ROWID",
+    // The request that caused the event, to follow it across contexts.
+    "ALTER TABLE _rc_outbox ADD COLUMN request_id TEXT",
 ];
 
 /// A component's database.

@@ -34,6 +34,7 @@ use crate::component::{Loaded, Slot};
 use crate::config::Delivery;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
+use crate::telemetry;
 
 /// Events moved or delivered per round trip to a database.
 const BATCH: usize = 256;
@@ -103,7 +104,7 @@ async fn drain(slot: &Slot, bus: &dyn EventBus) -> anyhow::Result<()> {
         let batch = {
             let conn = slot.db.lock().await;
             let mut stmt = conn.prepare_cached(
-                "SELECT id, event_id, topic, key, type, time, schema_version, payload
+                "SELECT id, event_id, topic, key, type, time, schema_version, payload, request_id
                  FROM _rc_outbox ORDER BY id LIMIT ?",
             )?;
             let rows = stmt.query_map([BATCH as i64], |row| {
@@ -118,6 +119,7 @@ async fn drain(slot: &Slot, bus: &dyn EventBus) -> anyhow::Result<()> {
                         time: row.get(5)?,
                         schema_version: row.get(6)?,
                         payload: row.get(7)?,
+                        request_id: row.get(8)?,
                     },
                 ))
             })?;
@@ -296,22 +298,26 @@ impl Dispatcher {
             let Some(loaded) = self.registry.get(&self.consumer) else {
                 return Outcome::Interrupted;
             };
-            let error = match deliver_once(&loaded, &event).await {
+            let request_id = envelope.request_id.as_deref().unwrap_or("-");
+            let span = tracing::info_span!("deliver", request_id = %request_id, event_type = %event.event_type, key = %event.key);
+            let outcome = deliver_once(&loaded, &event, envelope.request_id.as_deref())
+                .instrument(span.clone())
+                .await;
+            let error = match outcome {
                 Ok(applied) => {
-                    tracing::debug!(event = %event.id, event_type = %event.event_type, key = %event.key, applied, "delivered");
+                    telemetry::record_delivery(&self.consumer, &self.topic, "applied");
+                    span.in_scope(|| tracing::debug!(event = %event.id, applied, "delivered"));
                     self.stats.update(&self.consumer, &self.topic, |s| s.delivered += 1);
                     return Outcome::Done;
                 }
                 Err(err) => format!("{err:#}"),
             };
-            tracing::warn!(
-                event = %event.id, event_type = %event.event_type, key = %event.key, attempt,
-                cause = %error, "delivery failed"
-            );
+            span.in_scope(|| tracing::warn!(event = %event.id, attempt, cause = %error, "delivery failed"));
             self.stats.update(&self.consumer, &self.topic, |s| {
                 s.last_error = Some(error.clone());
                 s.last_error_at = Some(now_ms());
             });
+            telemetry::record_delivery(&self.consumer, &self.topic, "failed");
             if attempt >= self.settings.max_attempts {
                 return self.dead_letter(at, envelope, attempt, error).await;
             }
@@ -351,11 +357,11 @@ impl Dispatcher {
 
 /// One delivery attempt, bounded by the consumer's deadline (plus a grace
 /// for waiting on its database).
-pub async fn deliver_once(loaded: &Loaded, event: &Event) -> anyhow::Result<bool> {
+pub async fn deliver_once(loaded: &Loaded, event: &Event, request_id: Option<&str>) -> anyhow::Result<bool> {
     let deadline = loaded.slot.limits.timeout() + Duration::from_secs(1);
     let delivery = async {
         let _instance = loaded.slot.instances.acquire().await?;
-        loaded.deliver(event).await
+        loaded.deliver(event, request_id).await
     };
     match tokio::time::timeout(deadline, delivery).await {
         Ok(outcome) => outcome,

@@ -21,6 +21,9 @@ pub struct Invocation {
     pub component: Arc<str>,
     pub txn: Transaction,
     pub limits: StoreLimits,
+    /// The request this invocation serves, directly or through calls and
+    /// events; stamped on the events it publishes.
+    pub request_id: Option<String>,
     config: Arc<WasiConfigVariables>,
     _in_flight: InFlight,
     wasi: WasiCtx,
@@ -40,6 +43,7 @@ impl Invocation {
             component,
             txn,
             limits,
+            request_id: None,
             config,
             _in_flight: in_flight,
             // No preopened directories, no environment, no arguments, no

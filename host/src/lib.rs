@@ -23,6 +23,7 @@ pub mod registry;
 mod router;
 pub mod runtime;
 mod sql;
+mod telemetry;
 mod watch;
 
 use std::future::Future;
@@ -45,6 +46,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let runtime = Arc::new(runtime);
+    telemetry::install();
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     delivery::start(&runtime, &token, &tracker);

@@ -45,11 +45,13 @@ pub fn define(
     for function in functions {
         let (policy, registry, faults) = (policy.clone(), registry.clone(), faults.clone());
         let function = Arc::new(function);
-        instance.func_new_async(&function.clone(), move |_caller, _ty, params, results| {
+        instance.func_new_async(&function.clone(), move |caller, _ty, params, results| {
             let (policy, registry, faults, function) = (policy.clone(), registry.clone(), faults.clone(), function.clone());
+            let request_id = caller.data().request_id.clone();
             Box::new(async move {
                 let link = &policy.link;
-                results[0] = match call(&policy, &registry, &faults, &function, params).await {
+                let call = Call { policy: &policy, registry: &registry, faults: &faults, function: &function, request_id };
+                results[0] = match call.run(params).await {
                     Ok(result) => result,
                     Err(err) => {
                         tracing::warn!(cause = %format!("{err:#}"), from = %link.from, to = %link.to, function = %function, "synchronous call failed");
@@ -133,71 +135,80 @@ fn check_shape(function: &str, ty: &ComponentFunc) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One call through the link's policy, within its timeout.
-async fn call(
-    policy: &Policy,
-    registry: &Registry,
-    faults: &Faults,
-    function: &str,
-    params: &[Val],
-) -> anyhow::Result<Val> {
-    let link = &policy.link;
-    let deadline = tokio::time::Instant::now() + link.timeout();
-    let timed_out = || anyhow!(DeadlineExceeded).context(format!("no answer within {} ms", link.timeout_ms));
-    let ticket = match tokio::time::timeout_at(deadline, policy.admit()).await {
-        Ok(admitted) => admitted?,
-        Err(_) => return Err(timed_out()),
-    };
-    let retries = if link.idempotent.iter().any(|f| f == function) {
-        link.retries
-    } else {
-        0
-    };
-    let started = Instant::now();
-    let mut attempt = 0;
-    let result = loop {
-        let once = async {
-            if faults.inject(&link.to).await {
-                return Err(anyhow!(FaultInjected));
-            }
-            call_once(registry, link, function, params).await
+/// One call through a link.
+struct Call<'a> {
+    policy: &'a Policy,
+    registry: &'a Registry,
+    faults: &'a Faults,
+    function: &'a str,
+    /// The caller's request, carried into the callee.
+    request_id: Option<String>,
+}
+
+impl Call<'_> {
+    /// The call through the link's policy, within its timeout.
+    async fn run(&self, params: &[Val]) -> anyhow::Result<Val> {
+        let link = &self.policy.link;
+        let deadline = tokio::time::Instant::now() + link.timeout();
+        let timed_out = || anyhow!(DeadlineExceeded).context(format!("no answer within {} ms", link.timeout_ms));
+        let ticket = match tokio::time::timeout_at(deadline, self.policy.admit()).await {
+            Ok(admitted) => admitted?,
+            Err(_) => return Err(timed_out()),
         };
-        let outcome = tokio::time::timeout_at(deadline, once)
-            .await
-            .unwrap_or_else(|_| Err(timed_out()));
-        if outcome.is_ok() || attempt >= retries || tokio::time::Instant::now() >= deadline {
-            break outcome;
-        }
-        attempt += 1;
-        tracing::debug!(to = %link.to, function, attempt, "retrying an idempotent call");
-        tokio::time::sleep(RETRY_PAUSE * attempt).await;
-    };
-    policy.record(ticket, result.is_err(), started.elapsed());
-    result
+        let retries = if link.idempotent.iter().any(|f| f == self.function) {
+            link.retries
+        } else {
+            0
+        };
+        let started = Instant::now();
+        let mut attempt = 0;
+        let result = loop {
+            let once = async {
+                if self.faults.inject(&link.to).await {
+                    return Err(anyhow!(FaultInjected));
+                }
+                self.once(params).await
+            };
+            let outcome = tokio::time::timeout_at(deadline, once)
+                .await
+                .unwrap_or_else(|_| Err(timed_out()));
+            if outcome.is_ok() || attempt >= retries || tokio::time::Instant::now() >= deadline {
+                break outcome;
+            }
+            attempt += 1;
+            tracing::debug!(to = %link.to, function = self.function, attempt, "retrying an idempotent call");
+            tokio::time::sleep(RETRY_PAUSE * attempt).await;
+        };
+        self.policy.record(ticket, result.is_err(), started.elapsed());
+        result
+    }
+
+    /// One attempt: a fresh callee instance in its own store and transaction.
+    async fn once(&self, params: &[Val]) -> anyhow::Result<Val> {
+        let link = &self.policy.link;
+        let callee = self.registry.get(&link.to).ok_or(NotRunning)?;
+        let _instance = callee.slot.instances.acquire().await?;
+        let mut store = callee.store();
+        store.data_mut().request_id = self.request_id.clone();
+        let instance = callee.instantiate(&mut store).await?;
+        let component = callee.component();
+        let interface = component
+            .get_export_index(None, &link.interface)
+            .context("interface not exported")?;
+        let index = component
+            .get_export_index(Some(&interface), self.function)
+            .context("function not exported")?;
+        let func = instance.get_func(&mut store, index).context("function not exported")?;
+        let mut results = [Val::Bool(false)];
+        func.call_async(&mut store, params, &mut results).await?;
+        callee.finish(&mut store, true)?;
+        let [result] = results;
+        Ok(result)
+    }
 }
 
 /// Pause before the first retry of an idempotent call; grows linearly.
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
-
-async fn call_once(registry: &Registry, link: &Link, function: &str, params: &[Val]) -> anyhow::Result<Val> {
-    let callee = registry.get(&link.to).ok_or(NotRunning)?;
-    let _instance = callee.slot.instances.acquire().await?;
-    let mut store = callee.store();
-    let instance = callee.instantiate(&mut store).await?;
-    let component = callee.component();
-    let interface = component
-        .get_export_index(None, &link.interface)
-        .context("interface not exported")?;
-    let index = component
-        .get_export_index(Some(&interface), function)
-        .context("function not exported")?;
-    let func = instance.get_func(&mut store, index).context("function not exported")?;
-    let mut results = [Val::Bool(false)];
-    func.call_async(&mut store, params, &mut results).await?;
-    callee.finish(&mut store, true)?;
-    let [result] = results;
-    Ok(result)
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("the callee is not running")]

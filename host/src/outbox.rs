@@ -50,8 +50,8 @@ impl Host for Invocation {
             .map_or(0, |d| d.as_millis() as i64);
         let inserted = conn
             .prepare_cached(
-                "INSERT INTO _rc_outbox (event_id, topic, key, type, time, schema_version, payload)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO _rc_outbox (event_id, topic, key, type, time, schema_version, payload, request_id)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .and_then(|mut stmt| {
                 stmt.execute(rusqlite::params![
@@ -61,7 +61,8 @@ impl Host for Invocation {
                     event_type,
                     time,
                     SCHEMA_VERSION,
-                    payload
+                    payload,
+                    self.request_id
                 ])
             });
         Ok(match inserted {

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -20,6 +20,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use crate::component::{DeadlineExceeded, Loaded};
 use crate::error::ApiError;
 use crate::runtime::Runtime;
+use crate::telemetry;
 
 /// Extra time on top of a component's deadline for the host's own work
 /// (waiting for the database, committing) before the caller gets 504.
@@ -29,9 +30,17 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .merge(crate::admin::router(runtime.clone()))
         .fallback(dispatch)
         .with_state(runtime)
+}
+
+async fn metrics(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        telemetry::render(&runtime).await,
+    )
 }
 
 async fn ready(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
@@ -42,7 +51,31 @@ async fn ready(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
     }
 }
 
-async fn dispatch(State(runtime): State<Arc<Runtime>>, request: Request) -> Result<Response, ApiError> {
+/// Every request for a component: gives it a request id (echoed in
+/// `x-request-id`), a span, and its metrics.
+async fn dispatch(State(runtime): State<Arc<Runtime>>, request: Request) -> Response {
+    let started = Instant::now();
+    let request_id = telemetry::request_id(request.headers());
+    let component = runtime.config.route(request.uri().path()).unwrap_or("-").to_string();
+    let span = tracing::info_span!(
+        "http", request_id = %request_id, component = %component,
+        method = %request.method(), path = %request.uri().path()
+    );
+    let result = route(&runtime, request, &request_id).instrument(span.clone()).await;
+    if let Err(ApiError::ComponentFailed { .. } | ApiError::Deadline(_)) = &result {
+        telemetry::record_trap(&component, matches!(result, Err(ApiError::Deadline(_))));
+    }
+    let mut response = span.in_scope(|| result.unwrap_or_else(IntoResponse::into_response));
+    let status = response.status().as_u16();
+    telemetry::record_request(&component, status, started.elapsed());
+    span.in_scope(|| tracing::debug!(status, elapsed_us = started.elapsed().as_micros() as u64, "answered"));
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+async fn route(runtime: &Runtime, request: Request, request_id: &str) -> Result<Response, ApiError> {
     let name = runtime.config.route(request.uri().path()).ok_or(ApiError::NoRoute)?;
     let loaded = runtime
         .registry
@@ -64,15 +97,10 @@ async fn dispatch(State(runtime): State<Arc<Runtime>>, request: Request) -> Resu
             .insert(header::HOST, HeaderValue::from_static("localhost"));
     }
     let request = hyper::Request::from_parts(parts, Full::new(body));
-
-    let span = tracing::info_span!("http", component = %name, method = %request.method(), path = %request.uri().path());
     if runtime.faults.inject(name).await {
         return Err(ApiError::FaultInjected(name.into()));
     }
-    match tokio::time::timeout(limits.timeout() + GRACE, invoke(&loaded, request))
-        .instrument(span)
-        .await
-    {
+    match tokio::time::timeout(limits.timeout() + GRACE, invoke(&loaded, request, request_id)).await {
         Ok(result) => result,
         Err(_) => Err(ApiError::Deadline(name.into())),
     }
@@ -106,7 +134,7 @@ async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
 /// Runs one request through a fresh instance and buffers its response; the
 /// transaction commits only if the guest returned normally with a status
 /// below 500.
-async fn invoke(loaded: &Loaded, request: hyper::Request<Full<Bytes>>) -> Result<Response, ApiError> {
+async fn invoke(loaded: &Loaded, request: hyper::Request<Full<Bytes>>, request_id: &str) -> Result<Response, ApiError> {
     let name = loaded.name().to_string();
     let failed = |cause: anyhow::Error| {
         if DeadlineExceeded::caused(&cause) {
@@ -124,6 +152,7 @@ async fn invoke(loaded: &Loaded, request: hyper::Request<Full<Bytes>>) -> Result
         .ok_or_else(|| failed(anyhow::anyhow!("exports no wasi:http/incoming-handler")))?;
 
     let mut store = loaded.store();
+    store.data_mut().request_id = Some(request_id.to_string());
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let http = &mut store.data_mut().http();
     let request = request.map(|body| body.map_err(|never: Infallible| -> ErrorCode { match never {} }));

@@ -127,3 +127,61 @@ fn bad_configs_fail_with_a_clear_message() -> anyhow::Result<()> {
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
     Ok(())
 }
+
+#[tokio::test]
+async fn health_metrics_and_a_request_id_that_follows_the_events() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = Host::start(dir.path())?;
+    let client = reqwest::Client::new();
+    for (path, body) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let response = client.get(format!("{}{path}", host.base)).send().await?;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await?, body);
+    }
+
+    let car = host.car("Traced", 3).await?;
+    let response = client
+        .post(format!("{}/orders", host.base))
+        .header("x-request-id", "trace-4711")
+        .json(&json!({ "carId": car, "qty": 1, "customer": "kim" }))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["x-request-id"], "trace-4711");
+    let generated = client.get(format!("{}/cars", host.base)).send().await?;
+    assert_eq!(
+        generated.headers()["x-request-id"].len(),
+        36,
+        "a UUID when the caller sends none"
+    );
+
+    // payment's events reach rentcar and order, rentcar's reach order,
+    // payment and view: all carry the id of the request that caused them.
+    eventually("the request id in five deliveries", Duration::from_secs(20), || async {
+        let log = host.log();
+        let traced = log
+            .lines()
+            .filter(|l| l.contains("request_id=trace-4711") && l.contains("delivered"))
+            .count();
+        Ok((traced >= 5).then_some(()))
+    })
+    .await?;
+
+    let metrics = client
+        .get(format!("{}/metrics", host.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for expected in [
+        "rentcar_requests_total{component=\"order\",status=\"201\"} 1",
+        "rentcar_request_duration_seconds_bucket{component=\"rentcar\"",
+        "rentcar_circuit_open{from=\"order\",to=\"payment\"} 0",
+        "rentcar_event_lag{consumer=\"view\",topic=\"rentcar\"}",
+        "rentcar_instances_in_flight{component=\"payment\"}",
+        "rentcar_event_deliveries_total{consumer=\"rentcar\",topic=\"payment\",outcome=\"applied\"}",
+    ] {
+        assert!(metrics.contains(expected), "missing {expected} in\n{metrics}");
+    }
+    Ok(())
+}

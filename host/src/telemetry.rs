@@ -1,0 +1,102 @@
+//! Metrics in Prometheus text format (`GET /metrics`) and request ids.
+//!
+//! Counters and histograms are recorded where things happen (requests,
+//! traps, deliveries); gauges that describe the present (instances in
+//! flight, circuit states, event lag) are read from the runtime at scrape
+//! time, so they cannot drift.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::runtime::Runtime;
+
+/// Latency buckets, in seconds: 0.5 ms to 10 s.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process-wide recorder (the `metrics` facade has one global).
+fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new();
+        // Setting buckets only fails for an empty list.
+        let builder = builder.set_buckets(BUCKETS).expect("non-empty buckets");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+        }
+        handle
+    })
+}
+
+/// Installs the recorder; call once at start-up.
+pub fn install() {
+    handle();
+}
+
+pub fn record_request(component: &str, status: u16, elapsed: Duration) {
+    let labels = [("component", component.to_string()), ("status", status.to_string())];
+    metrics::counter!("rentcar_requests_total", &labels).increment(1);
+    metrics::histogram!("rentcar_request_duration_seconds", "component" => component.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+/// A guest trapped (or ran out of its deadline).
+pub fn record_trap(component: &str, deadline: bool) {
+    let kind = if deadline { "deadline" } else { "trap" };
+    metrics::counter!("rentcar_traps_total", "component" => component.to_string(), "kind" => kind).increment(1);
+}
+
+pub fn record_delivery(consumer: &str, topic: &str, outcome: &'static str) {
+    let labels = [
+        ("consumer", consumer.to_string()),
+        ("topic", topic.to_string()),
+        ("outcome", outcome.to_string()),
+    ];
+    metrics::counter!("rentcar_event_deliveries_total", &labels).increment(1);
+}
+
+/// The text of `GET /metrics`.
+pub async fn render(runtime: &Runtime) -> String {
+    for status in runtime.registry.statuses() {
+        let component = status.name.clone();
+        metrics::gauge!("rentcar_instances_in_flight", "component" => component.clone()).set(status.in_flight as f64);
+        let running = if status.state == "running" { 1.0 } else { 0.0 };
+        metrics::gauge!("rentcar_component_running", "component" => component).set(running);
+    }
+    for policy in &runtime.policies {
+        let state = match policy.circuit_state() {
+            "closed" => 0.0,
+            "half-open" => 0.5,
+            _ => 1.0,
+        };
+        let link = &policy.link;
+        metrics::gauge!("rentcar_circuit_open", "from" => link.from.clone(), "to" => link.to.clone()).set(state);
+    }
+    for (consumer, settings) in &runtime.config.components {
+        for topic in &settings.subscribe {
+            let position = runtime.bus.position(consumer, topic).await.unwrap_or(0);
+            if let Ok(log) = runtime.bus.topic_stats(topic, position).await {
+                let labels = [("consumer", consumer.clone()), ("topic", topic.clone())];
+                metrics::gauge!("rentcar_event_lag", &labels).set(log.lag as f64);
+            }
+        }
+    }
+    handle().render()
+}
+
+/// The id of a request: the caller's `x-request-id` if it is sane, else a
+/// new UUIDv7. It follows the request through synchronous calls and into
+/// the events it causes.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string)
+}
