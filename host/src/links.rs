@@ -176,7 +176,7 @@ impl Call<'_> {
                 break outcome;
             }
             attempt += 1;
-            tracing::debug!(to = %link.to, function = self.function, attempt, "retrying an idempotent call");
+            tracing::debug!(to = %link.to, function = %self.function, attempt, "retrying an idempotent call");
             tokio::time::sleep(RETRY_PAUSE * attempt).await;
         };
         self.policy.record(ticket, result.is_err(), started.elapsed());

@@ -286,8 +286,18 @@ async fn compile(engine: &Engine, name: &str, wasm: Vec<u8>) -> anyhow::Result<C
     let size_kib = wasm.len() / 1024;
     tracing::info!(component = name, size_kib, "compiling");
     let engine = engine.clone();
-    let component = tokio::task::spawn_blocking(move || Component::new(&engine, &wasm))
-        .await?
+    let mut compiling = tokio::task::spawn_blocking(move || Component::new(&engine, &wasm));
+    // A long compilation says it is still at work.
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS, PROGRESS);
+    let component = loop {
+        tokio::select! {
+            done = &mut compiling => break done?,
+            _ = progress.tick() => {
+                tracing::info!(component = name, size_kib, elapsed_s = started.elapsed().as_secs(), "still compiling");
+            }
+        }
+    };
+    let component = component
         .map_err(anyhow::Error::from)
         .context("not a valid WebAssembly component")?;
     tracing::info!(
@@ -297,6 +307,9 @@ async fn compile(engine: &Engine, name: &str, wasm: Vec<u8>) -> anyhow::Result<C
     );
     Ok(component)
 }
+
+/// How often a long compilation reports progress.
+const PROGRESS: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// SHA-256 of the wasm, in hex: a version's identity.
 fn digest(wasm: &[u8]) -> String {

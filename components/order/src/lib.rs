@@ -35,7 +35,7 @@ wit_bindgen::generate!({
 
 use exports::rentcar::host::event_handler::{self, Event};
 use exports::rentcar::host::lifecycle;
-use rentcar::payment::payments::{self, CallError};
+use rentcar::payment::payments::{self, CallError, PaymentStatus};
 
 /// Where order publishes (`OrderAbandoned`).
 const TOPIC: &str = "order";
@@ -164,6 +164,7 @@ fn route(request: Request) -> Response {
             })
         }),
         ("POST", ["orders", id, "cancel"]) => with_id(id, cancel),
+        ("GET", ["orders", id, "payment"]) => with_id(id, payment_of),
         (_, ["orders", ..]) => Ok(Response::method_not_allowed()),
         _ => Ok(Response::not_found("no such route")),
     };
@@ -259,6 +260,29 @@ fn cancel(order_id: u64) -> Result<Response, db::Error> {
     )?;
     let order = find(order_id)?.ok_or_else(|| db::Error::Other("order vanished".into()))?;
     Ok(Response::json(200, &order))
+}
+
+/// The order's payment, asked of payment synchronously (`lookup` is
+/// idempotent, so the link may retry it).
+fn payment_of(order_id: u64) -> Result<Response, db::Error> {
+    let Some(order) = find(order_id)? else {
+        return Ok(Response::not_found(&format!("no order {order_id}")));
+    };
+    Ok(match payments::lookup(order.payment_id as u64) {
+        Ok(payment) => Response::json(
+            200,
+            &serde_json::json!({
+                "id": payment.id,
+                "orderId": payment.order_id,
+                "status": match payment.status {
+                    PaymentStatus::Approved => "APPROVED",
+                    PaymentStatus::Cancelled => "CANCELLED",
+                    PaymentStatus::Refunded => "REFUNDED",
+                },
+            }),
+        ),
+        Err(err) => payment_failure(err),
+    })
 }
 
 fn payment_failure(err: CallError) -> Response {

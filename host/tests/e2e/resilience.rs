@@ -206,3 +206,40 @@ async fn aborts_fail_calls_and_requests_at_once() -> anyhow::Result<()> {
     assert_eq!(status, 404, "no fault left to remove");
     Ok(())
 }
+
+#[tokio::test]
+async fn idempotent_calls_are_retried_and_others_are_not() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = Host::start(dir.path())?;
+    let car = host.car("Kona", 5).await?;
+    let order = host.order(car, 1).await?;
+    let path = format!("/orders/{}/payment", order["id"]);
+    let (status, payment) = host.get(&path).await?;
+    assert_eq!(status, 200, "{payment}");
+    assert_eq!(payment["status"], "APPROVED");
+
+    let fault = reqwest::Client::new()
+        .put(format!("{}/admin/faults/payment", host.base))
+        .bearer_auth(crate::harness::TOKEN)
+        .json(&json!({ "abortPercent": 100 }));
+    host.send(fault).await?;
+    let (status, body) = host.get(&path).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("payment-unavailable")),
+        "{body}"
+    );
+    let (status, _) = host
+        .post("/orders", json!({ "carId": car, "qty": 1, "customer": "x" }))
+        .await?;
+    assert_eq!(status, 503);
+    let retried = |function: &str| {
+        host.log()
+            .lines()
+            .filter(|l| l.contains("retrying an idempotent call") && l.contains(function))
+            .count()
+    };
+    assert_eq!(retried("function=lookup"), 2, "lookup is retried `retries` times");
+    assert_eq!(retried("function=approve"), 0, "approve is not idempotent");
+    Ok(())
+}
