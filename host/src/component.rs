@@ -150,7 +150,10 @@ impl Loaded {
     }
 
     pub async fn instantiate(&self, store: &mut Store<Invocation>) -> anyhow::Result<Instance> {
-        Ok(self.pre.instantiate_async(store).await?)
+        let started = Instant::now();
+        let instance = self.pre.instantiate_async(store).await?;
+        crate::telemetry::record_instantiation(self.name(), started.elapsed());
+        Ok(instance)
     }
 
     /// Ends an invocation: commits if `ok`, rolls back otherwise, and wakes

@@ -153,6 +153,7 @@ async fn invoke(loaded: &Loaded, request: hyper::Request<Full<Bytes>>, request_i
 
     let mut store = loaded.store();
     store.data_mut().request_id = Some(request_id.to_string());
+    let name_for_metrics = name.clone();
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let http = &mut store.data_mut().http();
     let request = request.map(|body| body.map_err(|never: Infallible| -> ErrorCode { match never {} }));
@@ -164,7 +165,9 @@ async fn invoke(loaded: &Loaded, request: hyper::Request<Full<Bytes>>, request_i
     // The guest runs while its response body is collected. On a trap the
     // store is dropped inside `guest`, which closes the response channel.
     let guest = async move {
+        let started = Instant::now();
         let proxy = proxy.instantiate_async(&mut store).await?;
+        telemetry::record_instantiation(&name_for_metrics, started.elapsed());
         proxy
             .wasi_http_incoming_handler()
             .call_handle(&mut store, incoming, outparam)

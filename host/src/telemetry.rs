@@ -46,6 +46,12 @@ pub fn record_request(component: &str, status: u16, elapsed: Duration) {
         .record(elapsed.as_secs_f64());
 }
 
+/// Creating a fresh instance for one invocation.
+pub fn record_instantiation(component: &str, elapsed: Duration) {
+    metrics::histogram!("rentcar_instantiation_seconds", "component" => component.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
 /// A guest trapped (or ran out of its deadline).
 pub fn record_trap(component: &str, deadline: bool) {
     let kind = if deadline { "deadline" } else { "trap" };
