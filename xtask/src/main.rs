@@ -4,6 +4,9 @@
 //! - `cargo xtask run`: builds, then serves `runtime.toml` on 127.0.0.1:8080
 //!   with data under `./data`.
 //! - `cargo xtask test`: builds, then runs every test against the real host.
+//! - `cargo xtask bench`: builds, installs the load generator (oha) if
+//!   missing, and runs the load benchmark against the host, the native
+//!   baseline and, when installed, `wasmtime serve`.
 //!
 //! Everything uses the release profile, so one build serves all three.
 
@@ -36,13 +39,24 @@ fn main() -> anyhow::Result<()> {
             serve.args(["serve", "--config", "runtime.toml"]).args(rest);
             run(&mut serve)
         }
+        "bench" => {
+            build()?;
+            run(cargo().args(["build", "--release", "-p", "native-baseline"]))?;
+            ensure_tool("oha", &["install", "oha", "--locked", "--version", "1.16.0"])?;
+            let mut bench = cargo();
+            bench
+                .args(["bench", "-p", "rentcar-host", "--bench"])
+                .arg(rest.first().map_or("load", String::as_str));
+            // Every Store drop would capture a backtrace (~15% per request).
+            run(bench.env("RUST_BACKTRACE", "0").env("RENTCAR_HOST_LOG", "warn"))
+        }
         "test" => {
             build()?;
             // The default members: the host and xtask, not the guests.
             run(cargo().args(["test", "--release"]).args(rest))
         }
         _ => {
-            eprintln!("usage: cargo xtask <build|run|test> [args...]");
+            eprintln!("usage: cargo xtask <build|run|test|bench> [args...]");
             Ok(())
         }
     }
@@ -75,6 +89,19 @@ fn ensure_guest_target() -> anyhow::Result<()> {
     eprintln!("xtask: installing the {GUEST_TARGET} target with rustup");
     run(Command::new("rustup").args(["target", "add", GUEST_TARGET]))
         .context("the wasm32-wasip2 target is missing and rustup could not add it")
+}
+
+/// Installs a cargo tool when it is not on the PATH yet.
+fn ensure_tool(tool: &str, install: &[&str]) -> anyhow::Result<()> {
+    let present = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        eprintln!("xtask: installing {tool} (a few minutes, once)");
+        run(cargo().args(install))?;
+    }
+    Ok(())
 }
 
 fn cargo() -> Command {

@@ -86,7 +86,11 @@ impl Host {
             .arg(data_dir)
             .args(extra)
             .env("RENTCAR_ADMIN_TOKEN", TOKEN)
-            .env("RUST_LOG", "info,rentcar_host=debug")
+            // Benchmarks turn logging down (debug logs cost throughput).
+            .env(
+                "RUST_LOG",
+                std::env::var("RENTCAR_HOST_LOG").unwrap_or_else(|_| "info,rentcar_host=debug".into()),
+            )
             .env("RUST_BACKTRACE", "0")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -129,6 +133,11 @@ impl Host {
             log,
             client: reqwest::Client::new(),
         })
+    }
+
+    #[allow(dead_code, reason = "used by the benchmarks")]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Resident memory of the host process, in KiB (Linux).

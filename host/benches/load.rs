@@ -1,0 +1,349 @@
+//! `cargo xtask bench`: the host under a real load generator (oha), side by
+//! side with a native baseline and, when installed, `wasmtime serve` (see
+//! BENCHMARKS.md). Loopback only, bounded in time; prints a Markdown table.
+//!
+//! Scenarios: 1. `GET /ping`, pure dispatch to a trivial component;
+//! 2. `GET /availability`, a read with SQLite; 3. `POST /orders`, order ->
+//! sync payment -> two transactions and an outbox event; 4. event latency
+//! from `POST /orders` returning to the view showing the reservation;
+//! 5. mixed: 70% reads, 25% orders, 5% cancels.
+
+#![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
+#[path = "../tests/e2e/harness.rs"]
+#[allow(dead_code, reason = "the bench uses part of the test harness")]
+mod harness;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use harness::{Host, root, runtime_toml, wasm};
+use serde_json::{Value, json};
+
+/// Seconds per oha run, and its connections.
+const SECONDS: u64 = 8;
+const CONNECTIONS: u32 = 32;
+
+/// What one oha run measured.
+struct Run {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    success: f64,
+}
+
+impl Run {
+    fn row(&self, scenario: &str, target: &str) -> String {
+        format!(
+            "| {scenario} | {target} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1}% |",
+            self.rps,
+            self.p50 * 1e3,
+            self.p99 * 1e3,
+            self.p999 * 1e3,
+            self.success * 100.0
+        )
+    }
+}
+
+fn oha(url: &str, extra: &[&str]) -> anyhow::Result<Run> {
+    let output = Command::new("oha")
+        .args([
+            "-z",
+            &format!("{SECONDS}s"),
+            "-c",
+            &CONNECTIONS.to_string(),
+            "--no-tui",
+            "--output-format",
+            "json",
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .context("oha is missing: `cargo xtask bench` installs it")?;
+    if !output.status.success() {
+        bail!("oha failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let report: Value = serde_json::from_slice(&output.stdout)?;
+    let percentile = |p: &str| report["latencyPercentiles"][p].as_f64().unwrap_or(f64::NAN);
+    let total: u64 = report["statusCodeDistribution"]
+        .as_object()
+        .map_or(0, |codes| codes.values().filter_map(Value::as_u64).sum());
+    let good: u64 = report["statusCodeDistribution"].as_object().map_or(0, |codes| {
+        codes
+            .iter()
+            .filter(|(code, _)| code.starts_with('2'))
+            .filter_map(|(_, n)| n.as_u64())
+            .sum()
+    });
+    Ok(Run {
+        rps: report["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
+        p50: percentile("p50"),
+        p99: percentile("p99"),
+        p999: percentile("p99.9"),
+        success: good as f64 / total.max(1) as f64,
+    })
+}
+
+/// A process that prints `listening on http://ADDR` when ready.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(command: &mut Command) -> anyhow::Result<Server> {
+        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let stderr = child.stderr.take().context("piped")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let started = Instant::now();
+        let base = loop {
+            let line = lines.next().context("server exited before ready")??;
+            // `wasmtime serve` says "Serving HTTP on http://ADDR/".
+            if let Some(at) = line.find("http://") {
+                break line[at..].trim_end_matches('/').to_string();
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("server not ready after 60 s");
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Server { child, base })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The repository's runtime.toml with absolute paths, plus the ping
+/// component at `/ping`.
+fn bench_config(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let mut config = String::new();
+    for line in std::fs::read_to_string(runtime_toml())?.lines() {
+        match line.strip_prefix("path = \"") {
+            Some(relative) => config.push_str(&format!("path = {:?}\n", root().join(relative.trim_end_matches('"')))),
+            None => config.push_str(&format!("{line}\n")),
+        }
+    }
+    config.push_str(&format!(
+        "\n[components.ping]\npath = {:?}\nroutes = [\"/ping\"]\n",
+        wasm("ping")
+    ));
+    let path = dir.join("bench.toml");
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+fn kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with(field))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = Host::start_with(&bench_config(dir.path())?, &dir.path().join("host"))?;
+    let native = Server::start(
+        Command::new(root().join("target/release/native-baseline"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("native")),
+    )?;
+    let wasmtime = Command::new("wasmtime")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let serve = if wasmtime {
+        Some(Server::start(
+            Command::new("wasmtime")
+                .args(["serve", "--addr", "127.0.0.1:0"])
+                .arg(wasm("ping")),
+        )?)
+    } else {
+        None
+    };
+    let client = reqwest::Client::new();
+    let mut cars = Vec::new();
+    for base in [&host.base, &native.base] {
+        for i in 0..10 {
+            let car = json!({ "name": format!("Model {i}"), "stock": 1_000_000 });
+            let response: Value = client
+                .post(format!("{base}/cars"))
+                .json(&car)
+                .send()
+                .await?
+                .json()
+                .await?;
+            cars.push(response["id"].as_u64().context("car id")?);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut rows = vec![
+        "| scenario | target | req/s | p50 ms | p99 ms | p99.9 ms | 2xx |".to_string(),
+        "|---|---|---|---|---|---|---|".to_string(),
+    ];
+    let mut ratios = Vec::new();
+
+    // 1. Pure dispatch.
+    let host_ping = oha(&format!("{}/ping", host.base), &[])?;
+    let native_ping = oha(&format!("{}/ping", native.base), &[])?;
+    rows.push(host_ping.row("1 GET /ping", "rentcar-host"));
+    rows.push(native_ping.row("1 GET /ping", "native axum"));
+    ratios.push(format!(
+        "scenario 1 host/native: {:.2}",
+        host_ping.rps / native_ping.rps
+    ));
+    if let Some(serve) = &serve {
+        let serve_ping = oha(&format!("{}/", serve.base), &[])?;
+        rows.push(serve_ping.row("1 GET /ping", "wasmtime serve"));
+        ratios.push(format!(
+            "scenario 1 host/wasmtime-serve: {:.2}",
+            host_ping.rps / serve_ping.rps
+        ));
+    } else {
+        ratios.push("scenario 1 host/wasmtime-serve: not measured (wasmtime not installed)".into());
+    }
+    let metrics = client
+        .get(format!("{}/metrics", host.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains("component=\"ping\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let instantiation_us =
+        metric("rentcar_instantiation_seconds_sum") / metric("rentcar_instantiation_seconds_count") * 1e6;
+
+    // 2. Read path.
+    let host_read = oha(&format!("{}/availability", host.base), &[])?;
+    let native_read = oha(&format!("{}/availability", native.base), &[])?;
+    rows.push(host_read.row("2 GET /availability", "rentcar-host"));
+    rows.push(native_read.row("2 GET /availability", "native axum"));
+    ratios.push(format!(
+        "scenario 2 host/native: {:.2}",
+        host_read.rps / native_read.rps
+    ));
+
+    // 3. Orders.
+    let order = |car: u64| json!({ "carId": car, "qty": 1, "customer": "bench" }).to_string();
+    let post = |body: &str| {
+        ["-m", "POST", "-H", "content-type: application/json", "-d"]
+            .map(str::to_string)
+            .into_iter()
+            .chain([body.to_string()])
+            .collect::<Vec<_>>()
+    };
+    let host_body = post(&order(cars[0]));
+    let native_body = post(&order(cars[10]));
+    let host_orders = oha(
+        &format!("{}/orders", host.base),
+        &host_body.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+    let native_orders = oha(
+        &format!("{}/orders", native.base),
+        &native_body.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+    rows.push(host_orders.row("3 POST /orders", "rentcar-host"));
+    rows.push(native_orders.row("3 POST /orders", "native axum"));
+    ratios.push(format!(
+        "scenario 3 host/native: {:.2}",
+        host_orders.rps / native_orders.rps
+    ));
+
+    // Let the events of scenario 3 drain before measuring latency.
+    harness::eventually("the view to catch up", Duration::from_secs(120), || async {
+        let (_, subscriptions) = host.admin(reqwest::Method::GET, "/admin/subscriptions").await?;
+        Ok(subscriptions
+            .as_array()
+            .is_some_and(|all| all.iter().all(|s| s["lag"] == 0))
+            .then_some(()))
+    })
+    .await?;
+
+    // 4. Event latency: POST /orders returns -> the view shows it.
+    let car = cars[1];
+    let view = format!("/availability/{car}");
+    let mut expected = host.get(&view).await?.1["available"].as_i64().context("available")?;
+    let mut latencies = Vec::new();
+    for _ in 0..300 {
+        host.order(car, 1).await?;
+        let placed = Instant::now();
+        expected -= 1;
+        while host.get(&view).await?.1["available"] != json!(expected) {}
+        latencies.push(placed.elapsed());
+    }
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e3;
+
+    // 5. Mixed, open loop at a fixed total rate: 70% reads, 25% orders, 5% cancels.
+    let rate = 2_000;
+    let reads = format!("{}/availability", host.base);
+    let orders = format!("{}/orders", host.base);
+    let cancels = format!("{}/orders/[1-9][0-9]{{0,3}}/cancel", host.base);
+    let body = post(&order(cars[2]));
+    let (read_q, order_q, cancel_q) = (
+        (rate * 70 / 100).to_string(),
+        (rate * 25 / 100).to_string(),
+        (rate * 5 / 100).to_string(),
+    );
+    let mixed_reads = std::thread::spawn(move || oha(&reads, &["-q", &read_q]));
+    let mixed_orders = std::thread::spawn(move || {
+        let mut args = vec!["-q", &order_q];
+        args.extend(body.iter().map(String::as_str));
+        oha(&orders, &args)
+    });
+    let mixed_cancels = std::thread::spawn(move || oha(&cancels, &["-q", &cancel_q, "-m", "POST", "--rand-regex-url"]));
+    let (reads, orders, cancels) = (
+        mixed_reads.join().expect("reads thread")?,
+        mixed_orders.join().expect("orders thread")?,
+        mixed_cancels.join().expect("cancels thread")?,
+    );
+    rows.push(reads.row("5 mixed: reads (70%)", "rentcar-host"));
+    rows.push(orders.row("5 mixed: orders (25%)", "rentcar-host"));
+    // A cancel of a random id answers 200, 404 or 409: all handled.
+    rows.push(cancels.row("5 mixed: cancels (5%, random ids)", "rentcar-host"));
+    let pid = host.pid();
+    let (rss, peak) = (kib(pid, "VmRSS:"), kib(pid, "VmHWM:"));
+
+    for row in &rows {
+        println!("{row}");
+    }
+    println!();
+    println!(
+        "event latency, POST /orders returned -> view updated, 300 sequential orders: p50 {:.2} ms, p99 {:.2} ms",
+        at(0.5),
+        at(0.99)
+    );
+    for ratio in ratios {
+        println!("{ratio}");
+    }
+    println!("instantiation per request (ping, mean of scenario 1): {instantiation_us:.1} us");
+    println!(
+        "host RSS at the end of the mixed run: {} MiB (peak {} MiB)",
+        rss / 1024,
+        peak / 1024
+    );
+    Ok(())
+}
