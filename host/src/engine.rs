@@ -51,8 +51,11 @@ pub fn build(max_memory_bytes: usize, cache_dir: &Path) -> anyhow::Result<Engine
 
     std::fs::create_dir_all(cache_dir)
         .with_context(|| format!("failed to create cache directory {}", cache_dir.display()))?;
+    // wasmtime's cache wants an absolute path; the config's may be relative.
+    let cache_dir = std::path::absolute(cache_dir)
+        .with_context(|| format!("failed to resolve cache directory {}", cache_dir.display()))?;
     let mut cache = CacheConfig::new();
-    cache.with_directory(cache_dir);
+    cache.with_directory(&cache_dir);
     config.cache(Some(
         Cache::new(cache)
             .map_err(anyhow::Error::from)

@@ -185,3 +185,35 @@ async fn health_metrics_and_a_request_id_that_follows_the_events() -> anyhow::Re
     }
     Ok(())
 }
+
+/// `cargo xtask run` serves `runtime.toml` with relative paths, from the
+/// directory it is in: data and the compilation cache go under `./data`.
+#[test]
+fn relative_paths_in_the_config_work() -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(
+        root().join("target/wasm32-wasip2/release/view.wasm"),
+        dir.path().join("view.wasm"),
+    )?;
+    std::fs::write(
+        dir.path().join("runtime.toml"),
+        "[server]\ndata_dir = \"data\"\n[components.view]\npath = \"view.wasm\"\nroutes = [\"/availability\"]\n",
+    )?;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rentcar-host"))
+        .args(["serve", "--config", "runtime.toml", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("RUST_BACKTRACE", "0")
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().expect("piped");
+    let ready = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.starts_with("listening on"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "the host did not start with relative paths");
+    assert!(dir.path().join("data/view.db").exists() && dir.path().join("data/cache").is_dir());
+    Ok(())
+}
