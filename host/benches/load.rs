@@ -172,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
     let serve = if wasmtime {
         Some(Server::start(
             Command::new("wasmtime")
-                .args(["serve", "--addr", "127.0.0.1:0"])
+                .args(["serve", "-Scli", "--addr", "127.0.0.1:0"])
                 .arg(wasm("ping")),
         )?)
     } else {
