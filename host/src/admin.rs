@@ -130,29 +130,25 @@ struct Subscription {
 }
 
 async fn subscriptions(State(runtime): State<Arc<Runtime>>) -> Response {
-    let mut all = Vec::new();
-    for (consumer, settings) in &runtime.config.components {
-        let running = runtime.registry.get(consumer).is_some();
-        for topic in &settings.subscribe {
-            let bus = &runtime.bus;
-            let position = match bus.position(consumer, topic).await {
-                Ok(position) => position,
-                Err(err) => return internal(err),
-            };
-            let log = match bus.topic_stats(topic, position).await {
-                Ok(log) => log,
-                Err(err) => return internal(err),
-            };
-            all.push(Subscription {
-                consumer: consumer.clone(),
-                topic: topic.clone(),
-                state: if running { "running" } else { "stopped" },
-                position,
-                log,
-                stats: runtime.stats.get(consumer, topic),
-            });
-        }
-    }
+    let logs = match runtime.subscription_logs().await {
+        Ok(logs) => logs,
+        Err(err) => return internal(err),
+    };
+    let all: Vec<Subscription> = logs
+        .into_iter()
+        .map(|sub| Subscription {
+            state: if runtime.registry.get(&sub.consumer).is_some() {
+                "running"
+            } else {
+                "stopped"
+            },
+            stats: runtime.stats.get(&sub.consumer, &sub.topic),
+            consumer: sub.consumer,
+            topic: sub.topic,
+            position: sub.position,
+            log: sub.log,
+        })
+        .collect();
     Json(all).into_response()
 }
 

@@ -21,7 +21,7 @@ use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::{WasiHttp, WasiHttpView};
 
 use crate::bindings;
-use crate::bus::{EventBus, SqliteBus};
+use crate::bus::{EventBus, SqliteBus, TopicStats};
 use crate::component::{Loaded, Slot};
 use crate::config::Config;
 use crate::database::Database;
@@ -47,6 +47,15 @@ pub struct Runtime {
     ready: AtomicBool,
     /// Drives deadlines for as long as the runtime lives.
     _ticker: EpochTicker,
+}
+
+/// A consumer's place in one topic of the log.
+pub struct SubscriptionLog {
+    pub consumer: String,
+    pub topic: String,
+    /// Everything up to here is delivered.
+    pub position: u64,
+    pub log: TopicStats,
 }
 
 /// Why a new version was refused; the old one keeps serving.
@@ -116,7 +125,7 @@ impl Runtime {
         let db_path = self.config.server.data_dir.join(format!("{name}.db"));
         let config: WasiConfigVariables = settings.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let slot = Arc::new(Slot::new(name, Database::open(&db_path)?, config, settings.limits));
-        let loaded = self.prepare(slot, wasm).await?;
+        let loaded = self.prepare(slot, wasm.into()).await?;
         self.registry.install(Arc::new(loaded));
         Ok(())
     }
@@ -124,7 +133,7 @@ impl Runtime {
     /// The readiness gate: compiles `wasm` off the request path, links it,
     /// checks it against the routes, subscriptions and links of its
     /// component, and runs its `init`. Nothing is installed.
-    async fn prepare(&self, slot: Arc<Slot>, wasm: Vec<u8>) -> anyhow::Result<Loaded> {
+    async fn prepare(&self, slot: Arc<Slot>, wasm: Arc<[u8]>) -> anyhow::Result<Loaded> {
         let name = slot.name.to_string();
         let version = digest(&wasm);
         let component = compile(&self.engine, &name, wasm).await?;
@@ -179,15 +188,15 @@ impl Runtime {
             .entry(name)
             .ok_or_else(|| DeployError::Unknown(name.into()))?;
         let started = Instant::now();
-        let bytes = wasm.clone();
+        let wasm: Arc<[u8]> = wasm.into();
         let loaded = self
-            .prepare(current.slot.clone(), wasm)
+            .prepare(current.slot.clone(), wasm.clone())
             .await
             .map_err(DeployError::Refused)?;
         if loaded.version == current.version {
             tracing::info!(component = name, version = %loaded.version, "deployed version is already running");
         } else {
-            self.persist(name, &bytes).map_err(DeployError::Refused)?;
+            self.persist(name, &wasm).map_err(DeployError::Refused)?;
             let version = loaded.version.clone();
             self.registry.install(Arc::new(loaded));
             tracing::info!(
@@ -229,6 +238,25 @@ impl Runtime {
         std::fs::write(&temporary, wasm).with_context(|| format!("cannot write {}", temporary.display()))?;
         std::fs::rename(&temporary, &path).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
+    }
+
+    /// Where every subscription stands in the log, for the admin API and
+    /// the metrics.
+    pub async fn subscription_logs(&self) -> anyhow::Result<Vec<SubscriptionLog>> {
+        let mut all = Vec::new();
+        for (consumer, settings) in &self.config.components {
+            for topic in &settings.subscribe {
+                let position = self.bus.position(consumer, topic).await?;
+                let log = self.bus.topic_stats(topic, position).await?;
+                all.push(SubscriptionLog {
+                    consumer: consumer.clone(),
+                    topic: topic.clone(),
+                    position,
+                    log,
+                });
+            }
+        }
+        Ok(all)
     }
 
     /// The admin API's bearer token: `RENTCAR_ADMIN_TOKEN`, else the
@@ -281,7 +309,7 @@ fn add_capabilities(linker: &mut Linker<Invocation>) -> anyhow::Result<()> {
 
 /// Compiles on a blocking thread; the engine's cache makes a restart with
 /// unchanged components skip the work.
-async fn compile(engine: &Engine, name: &str, wasm: Vec<u8>) -> anyhow::Result<Component> {
+async fn compile(engine: &Engine, name: &str, wasm: Arc<[u8]>) -> anyhow::Result<Component> {
     let started = Instant::now();
     let size_kib = wasm.len() / 1024;
     tracing::info!(component = name, size_kib, "compiling");

@@ -84,14 +84,9 @@ pub async fn render(runtime: &Runtime) -> String {
         let link = &policy.link;
         metrics::gauge!("rentcar_circuit_open", "from" => link.from.clone(), "to" => link.to.clone()).set(state);
     }
-    for (consumer, settings) in &runtime.config.components {
-        for topic in &settings.subscribe {
-            let position = runtime.bus.position(consumer, topic).await.unwrap_or(0);
-            if let Ok(log) = runtime.bus.topic_stats(topic, position).await {
-                let labels = [("consumer", consumer.clone()), ("topic", topic.clone())];
-                metrics::gauge!("rentcar_event_lag", &labels).set(log.lag as f64);
-            }
-        }
+    for sub in runtime.subscription_logs().await.unwrap_or_default() {
+        let labels = [("consumer", sub.consumer), ("topic", sub.topic)];
+        metrics::gauge!("rentcar_event_lag", &labels).set(sub.log.lag as f64);
     }
     handle().render()
 }
