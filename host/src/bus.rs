@@ -144,6 +144,7 @@ impl SqliteBus {
              );",
         )
         .with_context(|| format!("failed to prepare event log {}", path.display()))?;
+        crate::database::stable_plans(&conn)?;
         let last: u64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| row.get(0))?;
         Ok(SqliteBus {
             conn: Mutex::new(conn),
