@@ -105,7 +105,8 @@ impl SqliteBus {
     pub fn open(path: &Path) -> anyhow::Result<SqliteBus> {
         let conn = Connection::open(path).with_context(|| format!("failed to open event log {}", path.display()))?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
+            "PRAGMA locking_mode = EXCLUSIVE;
+             PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
              CREATE TABLE IF NOT EXISTS events (
                  position INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -143,6 +144,7 @@ impl SqliteBus {
                  payload TEXT NOT NULL
              );",
         )
+        .map_err(|err| crate::database::in_use(err, path))
         .with_context(|| format!("failed to prepare event log {}", path.display()))?;
         crate::database::stable_plans(&conn)?;
         let last: u64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| row.get(0))?;

@@ -8,6 +8,12 @@
 //! `busy_timeout`. Statements run inline on the worker that holds the mutex:
 //! they are short, and in WAL mode with `synchronous=NORMAL` a commit does
 //! not wait for the disk.
+//!
+//! The connection runs in exclusive locking mode: it takes the file lock once
+//! and keeps it, so no transaction pays for `fcntl` locks or a shared-memory
+//! index, and a second host pointed at the same data directory is refused
+//! instead of sharing the files. (Inspect a database with `sqlite3` while the
+//! host is stopped.)
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,10 +67,12 @@ impl Database {
     pub fn open(path: &Path) -> anyhow::Result<Database> {
         let conn = Connection::open(path).with_context(|| format!("failed to open database {}", path.display()))?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
+            "PRAGMA locking_mode = EXCLUSIVE;
+             PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
              PRAGMA foreign_keys = ON;",
         )
+        .map_err(|err| in_use(err, path))
         .with_context(|| format!("failed to configure database {}", path.display()))?;
         migrate(&conn).with_context(|| format!("failed to migrate database {}", path.display()))?;
         stable_plans(&conn)?;
@@ -110,6 +118,19 @@ impl Database {
         let prepared = conn.prepare_cached(statement);
         self.guest.store(false, Ordering::Relaxed);
         prepared
+    }
+}
+
+/// The error of a database another process holds: in exclusive locking
+/// mode the first host to touch a file keeps it until it exits.
+pub fn in_use(err: rusqlite::Error, path: &Path) -> anyhow::Error {
+    if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
+        anyhow::anyhow!(
+            "{} is locked: another rentcar-host is using this data directory",
+            path.display()
+        )
+    } else {
+        err.into()
     }
 }
 

@@ -129,6 +129,29 @@ fn bad_configs_fail_with_a_clear_message() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_second_host_on_the_same_data_dir_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = Host::start(dir.path())?;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rentcar-host"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(crate::harness::runtime_toml())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a second host started:\n{stderr}");
+    assert!(
+        stderr.contains("another rentcar-host is using this data directory"),
+        "{stderr}"
+    );
+    // The first host is unharmed.
+    let car = host.car("Still here", 1).await?;
+    host.order(car, 1).await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn health_metrics_and_a_request_id_that_follows_the_events() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let host = Host::start(dir.path())?;
