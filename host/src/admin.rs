@@ -184,6 +184,7 @@ async fn reset(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) ->
         if let Err(err) = runtime.bus.commit(&name, topic, 0).await {
             return internal(err);
         }
+        runtime.stats.update(&name, topic, |s| s.position = None);
     }
     loaded.slot.resets.send_modify(|generation| *generation += 1);
     tracing::info!(component = %name, "subscriptions reset; replaying the log");
@@ -214,13 +215,7 @@ async fn replay(State(runtime): State<Arc<Runtime>>, Path(id): Path<i64>) -> Res
         let message = format!("component `{}` is stopped; start it first", letter.consumer);
         return error(StatusCode::CONFLICT, "stopped", &message);
     };
-    match delivery::deliver_once(
-        &loaded,
-        &delivery::to_event(&letter.event),
-        letter.event.request_id.as_deref(),
-    )
-    .await
-    {
+    match delivery::deliver_once(&loaded, &letter.event).await {
         Ok(_) => {
             if let Err(err) = runtime.bus.remove_dead_letter(id).await {
                 return internal(err);

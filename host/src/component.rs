@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, anyhow};
 use tokio::sync::{Notify, Semaphore, watch};
+use tracing::Instrument as _;
 use wasmtime::component::{Component, Instance, InstancePre};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi_config::WasiConfigVariables;
@@ -117,6 +118,11 @@ impl Loaded {
     /// and deadline. The guest yields to the runtime at every epoch tick and
     /// traps with [`DeadlineExceeded`] once the deadline has passed.
     pub fn store(&self) -> Store<Invocation> {
+        self.store_in(Transaction::new(self.slot.db.clone()))
+    }
+
+    /// A fresh store whose invocation works in `txn`.
+    fn store_in(&self, txn: Transaction) -> Store<Invocation> {
         let slot = &self.slot;
         let limits = StoreLimitsBuilder::new()
             .memory_size(slot.limits.memory_bytes())
@@ -124,7 +130,7 @@ impl Loaded {
             .build();
         let invocation = Invocation::new(
             slot.name.clone(),
-            Transaction::new(slot.db.clone()),
+            txn,
             limits,
             slot.config.clone(),
             InFlight::enter(&self.in_flight),
@@ -207,44 +213,87 @@ impl Loaded {
         Ok(Ok(()))
     }
 
-    /// Delivers one event to the component's `event-handler` in its own
-    /// transaction, together with the inbox row that makes it idempotent.
-    /// Returns `false` when the inbox shows the event was applied already.
-    pub async fn deliver(&self, event: &event_handler::Event, request_id: Option<&str>) -> anyhow::Result<bool> {
+    /// Delivers a run of events (in log order) to the component's
+    /// `event-handler` in one transaction, so that a busy consumer commits
+    /// once per run instead of once per event. Each event gets a fresh
+    /// instance and a savepoint, and its inbox row, which makes it
+    /// idempotent; an event already in the inbox is skipped. The run stops
+    /// at the first event that fails: its savepoint is rolled back, the
+    /// events before it commit, and the error comes back with their count.
+    /// On `Err` nothing was applied.
+    pub async fn deliver(&self, events: &[(&event_handler::Event, Option<&str>)]) -> anyhow::Result<Delivered> {
         let indices = self
             .event_handler
             .as_ref()
             .context("component exports no event-handler")?;
-        let mut store = self.store();
-        store.data_mut().request_id = request_id.map(str::to_string);
-        let instance = self.instantiate(&mut store).await?;
-        let handler = indices.load(&mut store, &instance)?;
-        let txn = &mut store.data_mut().txn;
-        let seen = txn
-            .conn()
-            .await?
-            .prepare_cached("SELECT 1 FROM _rc_inbox WHERE event_id = ?")?
-            .exists([&event.id])?;
-        if seen {
-            return Ok(false);
+        let mut txn = Transaction::new(self.slot.db.clone());
+        let mut delivered = Delivered::default();
+        for &(event, request_id) in events {
+            let seen = txn
+                .conn()
+                .await?
+                .prepare_cached("SELECT 1 FROM _rc_inbox WHERE event_id = ?")?
+                .exists([&event.id])?;
+            if seen {
+                delivered.applied += 1;
+                continue;
+            }
+            txn.savepoint().await?;
+            let mut store = self.store_in(txn);
+            store.data_mut().request_id = request_id.map(str::to_string);
+            let span = tracing::info_span!("deliver", request_id = %request_id.unwrap_or("-"), event_type = %event.event_type, key = %event.key);
+            let handled = self.handle(&mut store, indices, event).instrument(span.clone()).await;
+            txn = store.into_data().txn;
+            match handled {
+                Ok(()) => {
+                    txn.release()?;
+                    span.in_scope(|| tracing::debug!(event = %event.id, "delivered"));
+                    delivered.applied += 1;
+                }
+                Err(err) => {
+                    txn.rollback_to_savepoint()?;
+                    delivered.failed = Some(err);
+                    break;
+                }
+            }
         }
+        if txn.commit()? > 0 {
+            self.slot.relay.notify_one();
+        }
+        Ok(delivered)
+    }
+
+    /// One event in a fresh instance, with its inbox row.
+    async fn handle(
+        &self,
+        store: &mut Store<Invocation>,
+        indices: &event_handler::GuestIndices,
+        event: &event_handler::Event,
+    ) -> anyhow::Result<()> {
+        let instance = self.instantiate(store).await?;
+        let handler = indices.load(&mut *store, &instance)?;
         handler
-            .call_handle(&mut store, event)
+            .call_handle(&mut *store, event)
             .await?
             .map_err(|message| anyhow!("handler failed: {message}"))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         store
             .data_mut()
             .txn
             .conn()
             .await?
             .prepare_cached("INSERT INTO _rc_inbox (event_id, received_at) VALUES (?, ?)")?
-            .execute(rusqlite::params![event.id, now])?;
-        self.finish(&mut store, true)?;
-        Ok(true)
+            .execute(rusqlite::params![event.id, crate::delivery::now_ms()])?;
+        Ok(())
     }
+}
+
+/// How a run of deliveries ended.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// Events at the start of the run now applied (or found in the inbox).
+    pub applied: usize,
+    /// Why the next event was not.
+    pub failed: Option<anyhow::Error>,
 }
 
 /// Counts an invocation as in flight on its version until dropped (it lives

@@ -174,6 +174,16 @@ fn authorize_guest(context: &AuthContext<'_>) -> Authorization {
     }
 }
 
+// The host's transaction control, prepared once and cached on the
+// connection it shares with the guest. Each names the host prefix, so no
+// guest statement (refused when it does) can reach these cache entries.
+const BEGIN: &str = "BEGIN /* _rc_ */";
+const COMMIT: &str = "COMMIT /* _rc_ */";
+const ROLLBACK: &str = "ROLLBACK /* _rc_ */";
+const SAVEPOINT: &str = "SAVEPOINT _rc_event";
+const RELEASE: &str = "RELEASE _rc_event";
+const ROLLBACK_TO: &str = "ROLLBACK TO _rc_event";
+
 /// The transaction of one invocation. It begins lazily on the first
 /// statement, and rolls back unless [`Transaction::commit`] is called, also
 /// when the invocation is dropped midway (trap, deadline, cancellation).
@@ -182,6 +192,8 @@ pub struct Transaction {
     conn: Option<OwnedMutexGuard<Connection>>,
     /// Events published in this transaction; the relay is woken after commit.
     pub published: usize,
+    /// `published` when the open savepoint was taken.
+    published_at_savepoint: usize,
 }
 
 impl Transaction {
@@ -190,6 +202,7 @@ impl Transaction {
             db,
             conn: None,
             published: 0,
+            published_at_savepoint: 0,
         }
     }
 
@@ -201,7 +214,7 @@ impl Transaction {
     pub async fn conn(&mut self) -> rusqlite::Result<&Connection> {
         if self.conn.is_none() {
             let conn = self.db.lock().await;
-            conn.execute_batch("BEGIN")?;
+            conn.prepare_cached(BEGIN)?.execute([])?;
             self.conn = Some(conn);
         }
         // Set just above when it was empty.
@@ -214,10 +227,33 @@ impl Transaction {
         (&self.db, self.conn.as_deref().expect("transaction has begun"))
     }
 
+    /// Opens a savepoint, so that one event of a run can be undone alone.
+    pub async fn savepoint(&mut self) -> rusqlite::Result<()> {
+        self.conn().await?.prepare_cached(SAVEPOINT)?.execute([])?;
+        self.published_at_savepoint = self.published;
+        Ok(())
+    }
+
+    /// Keeps what was done since the savepoint.
+    pub fn release(&mut self) -> rusqlite::Result<()> {
+        let (_, conn) = self.parts();
+        conn.prepare_cached(RELEASE)?.execute([])?;
+        Ok(())
+    }
+
+    /// Undoes what was done since the savepoint, and closes it.
+    pub fn rollback_to_savepoint(&mut self) -> rusqlite::Result<()> {
+        let (_, conn) = self.parts();
+        conn.prepare_cached(ROLLBACK_TO)?.execute([])?;
+        conn.prepare_cached(RELEASE)?.execute([])?;
+        self.published = self.published_at_savepoint;
+        Ok(())
+    }
+
     /// Commits what the invocation did; returns how many events it published.
     pub fn commit(&mut self) -> anyhow::Result<usize> {
         if let Some(conn) = self.conn.take()
-            && let Err(err) = conn.execute_batch("COMMIT")
+            && let Err(err) = conn.prepare_cached(COMMIT).and_then(|mut commit| commit.execute([]))
         {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(err).with_context(|| format!("failed to commit to {}", self.db.path.display()));
@@ -227,7 +263,9 @@ impl Transaction {
 
     pub fn rollback(&mut self) {
         if let Some(conn) = self.conn.take()
-            && let Err(err) = conn.execute_batch("ROLLBACK")
+            && let Err(err) = conn
+                .prepare_cached(ROLLBACK)
+                .and_then(|mut rollback| rollback.execute([]))
         {
             tracing::error!(cause = %err, database = %self.db.path.display(), "rollback failed");
         }
@@ -261,15 +299,33 @@ mod tests {
             "COMMIT",
             "BEGIN",
             "SAVEPOINT s",
+            "RELEASE _rc_event",
             "SELECT * FROM _rc_outbox",
             "DELETE FROM _RC_INBOX",
             "SELECT load_extension('x')",
         ] {
             assert!(db.prepare_guest(conn, denied).is_err(), "{denied} must be denied");
         }
-        // The host's own statements still run on the same connection.
+        // The host's own statements still run on the same connection...
         conn.execute_batch("SELECT COUNT(*) FROM _rc_outbox")?;
         txn.commit()?;
+        // ...and what it prepared for itself stays out of the guest's reach.
+        let mut txn = Transaction::new(txn.db.clone());
+        txn.savepoint().await?;
+        txn.release()?;
+        let (db, conn) = txn.parts();
+        for host_only in [
+            BEGIN,
+            COMMIT,
+            ROLLBACK,
+            SAVEPOINT,
+            RELEASE,
+            ROLLBACK_TO,
+            "COMMIT",
+            "BEGIN",
+        ] {
+            assert!(db.prepare_guest(conn, host_only).is_err(), "{host_only} must be denied");
+        }
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
 use rusqlite::params;
@@ -30,14 +30,19 @@ use tracing::Instrument as _;
 
 use crate::bindings::event_handler::Event;
 use crate::bus::{DeadLetter, Envelope, EventBus};
-use crate::component::{Loaded, Slot};
+use crate::component::{Delivered, Loaded, Slot};
 use crate::config::Delivery;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::telemetry;
 
-/// Events moved or delivered per round trip to a database.
+/// Events moved or read per round trip to a database.
 const BATCH: usize = 256;
+/// Most events delivered to a consumer in one transaction.
+const RUN: usize = 32;
+/// How often a busy dispatcher saves its position, and a busy relay
+/// deletes relayed rows from its outbox.
+const SAVE_EVERY: Duration = Duration::from_millis(100);
 /// How often a relay looks at its outbox even when nobody woke it.
 const RELAY_SWEEP: Duration = Duration::from_secs(1);
 
@@ -82,58 +87,97 @@ pub fn now_ms() -> u64 {
 
 async fn relay(slot: Arc<Slot>, bus: Arc<dyn EventBus>, token: CancellationToken) {
     let mut pause = RELAY_SWEEP;
+    let mut outbox = Outbox::default();
     loop {
-        match drain(&slot, bus.as_ref()).await {
+        match outbox.drain(&slot, bus.as_ref()).await {
             Ok(()) => pause = RELAY_SWEEP,
             Err(err) => {
                 tracing::error!(cause = %format!("{err:#}"), "relay failed; retrying");
                 pause = (pause * 2).min(Duration::from_secs(30));
             }
         }
+        let pending = outbox.pending();
         tokio::select! {
             _ = slot.relay.notified() => {}
             _ = tokio::time::sleep(pause) => {}
-            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(SAVE_EVERY), if pending => {}
+            _ = token.cancelled() => {
+                if let Err(err) = outbox.delete(&slot, true).await {
+                    tracing::error!(cause = %format!("{err:#}"), "cannot delete relayed outbox rows");
+                }
+                return;
+            }
         }
     }
 }
 
-/// Moves every committed outbox row to the log.
-async fn drain(slot: &Slot, bus: &dyn EventBus) -> anyhow::Result<()> {
-    loop {
-        let batch = {
+/// What a relay has moved from its component's outbox.
+#[derive(Default)]
+struct Outbox {
+    /// The last outbox row appended to the log.
+    relayed: i64,
+    /// Rows up to here are deleted from the outbox, and when that was.
+    deleted: i64,
+    deleted_at: Option<Instant>,
+}
+
+impl Outbox {
+    /// Moves every committed outbox row to the log. Relayed rows are
+    /// deleted every `SAVE_EVERY` while busy and once the outbox is drained,
+    /// in one statement instead of one per batch; after a crash the rows
+    /// not yet deleted are appended again, which the log ignores.
+    async fn drain(&mut self, slot: &Slot, bus: &dyn EventBus) -> anyhow::Result<()> {
+        loop {
+            let batch = {
+                let conn = slot.db.lock().await;
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id, event_id, topic, key, type, time, schema_version, payload, request_id
+                     FROM _rc_outbox WHERE id > ? ORDER BY id LIMIT ?",
+                )?;
+                let rows = stmt.query_map(params![self.relayed, BATCH as i64], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        Envelope {
+                            id: row.get(1)?,
+                            topic: row.get(2)?,
+                            key: row.get(3)?,
+                            event_type: row.get(4)?,
+                            source: slot.name.to_string(),
+                            time: row.get(5)?,
+                            schema_version: row.get(6)?,
+                            payload: row.get(7)?,
+                            request_id: row.get(8)?,
+                        },
+                    ))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            let Some(&(last, _)) = batch.last() else {
+                return self.delete(slot, false).await;
+            };
+            let events: Vec<Envelope> = batch.into_iter().map(|(_, event)| event).collect();
+            bus.append(&events).await?;
+            self.relayed = last;
+            tracing::debug!(events = events.len(), "relayed");
+        }
+    }
+
+    /// Rows relayed but still in the outbox.
+    fn pending(&self) -> bool {
+        self.relayed > self.deleted
+    }
+
+    /// Deletes the relayed rows if `SAVE_EVERY` has passed since the last
+    /// time, or now if `now`.
+    async fn delete(&mut self, slot: &Slot, now: bool) -> anyhow::Result<()> {
+        let due = now || self.deleted_at.is_none_or(|at| at.elapsed() >= SAVE_EVERY);
+        if self.pending() && due {
             let conn = slot.db.lock().await;
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, event_id, topic, key, type, time, schema_version, payload, request_id
-                 FROM _rc_outbox ORDER BY id LIMIT ?",
-            )?;
-            let rows = stmt.query_map([BATCH as i64], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    Envelope {
-                        id: row.get(1)?,
-                        topic: row.get(2)?,
-                        key: row.get(3)?,
-                        event_type: row.get(4)?,
-                        source: slot.name.to_string(),
-                        time: row.get(5)?,
-                        schema_version: row.get(6)?,
-                        payload: row.get(7)?,
-                        request_id: row.get(8)?,
-                    },
-                ))
-            })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-        };
-        let Some(&(last, _)) = batch.last() else {
-            return Ok(());
-        };
-        let events: Vec<Envelope> = batch.into_iter().map(|(_, event)| event).collect();
-        bus.append(&events).await?;
-        let conn = slot.db.lock().await;
-        conn.prepare_cached("DELETE FROM _rc_outbox WHERE id <= ?")?
-            .execute(params![last])?;
-        tracing::debug!(events = events.len(), "relayed");
+            conn.prepare_cached("DELETE FROM _rc_outbox WHERE id <= ?")?
+                .execute(params![self.relayed])?;
+            (self.deleted, self.deleted_at) = (self.relayed, Some(Instant::now()));
+        }
+        Ok(())
     }
 }
 
@@ -141,6 +185,9 @@ async fn drain(slot: &Slot, bus: &dyn EventBus) -> anyhow::Result<()> {
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionStats {
+    /// Where the dispatcher stands, ahead of the position it last saved.
+    #[serde(skip)]
+    pub position: Option<u64>,
     pub delivered: u64,
     pub dead_lettered: u64,
     pub last_error: Option<String>,
@@ -159,7 +206,7 @@ impl Stats {
             .unwrap_or_default()
     }
 
-    fn update(&self, consumer: &str, topic: &str, f: impl FnOnce(&mut SubscriptionStats)) {
+    pub fn update(&self, consumer: &str, topic: &str, f: impl FnOnce(&mut SubscriptionStats)) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         f(map.entry((consumer.to_string(), topic.to_string())).or_default());
     }
@@ -183,6 +230,16 @@ struct Dispatcher {
     token: CancellationToken,
 }
 
+/// Where a dispatcher stands in its topic.
+#[derive(Default)]
+struct Cursor {
+    /// Everything up to it is delivered (`None`: not read from the log yet).
+    position: Option<u64>,
+    /// The position last saved in the log, and when.
+    saved: Option<u64>,
+    saved_at: Option<Instant>,
+}
+
 impl Dispatcher {
     async fn run(self) {
         let Some((loaded, _)) = self.registry.entry(&self.consumer) else {
@@ -193,53 +250,80 @@ impl Dispatcher {
         let mut reset_seen = *resets.borrow();
         let mut appended = self.bus.watch();
         let mut changes = self.registry.changes();
-        let mut position = None;
+        let mut cursor = Cursor::default();
         tracing::info!("dispatcher started");
         loop {
             changes.borrow_and_update();
-            if self.registry.get(&self.consumer).is_none() {
-                tokio::select! {
-                    _ = changes.changed() => continue,
-                    _ = self.token.cancelled() => return,
-                }
-            }
+            let stopped = self.registry.get(&self.consumer).is_none();
             let batch_done = {
                 let _turn = slot.delivery.lock().await;
                 // Compared by value: waiting on `changed` below marks it seen.
                 let generation = *resets.borrow_and_update();
                 if generation != reset_seen {
+                    // The reset saved position 0; what was not saved is void.
                     reset_seen = generation;
-                    position = None;
+                    cursor = Cursor::default();
                 }
-                if position.is_none() {
+                if cursor.position.is_none() {
                     match self.bus.position(&self.consumer, &self.topic).await {
-                        Ok(saved) => position = Some(saved),
+                        Ok(saved) => (cursor.position, cursor.saved) = (Some(saved), Some(saved)),
                         Err(err) => tracing::error!(cause = %format!("{err:#}"), "cannot read position"),
                     }
                 }
                 appended.borrow_and_update();
-                match position {
-                    Some(from) => self.batch(from, &mut position).await,
-                    None => false,
+                let done = match cursor.position {
+                    Some(from) if !stopped => self.batch(from, &mut cursor.position).await,
+                    _ => false,
+                };
+                // Saved at most every SAVE_EVERY (an event delivered again
+                // after a crash finds its inbox row), and at shutdown.
+                let due = cursor.saved_at.is_none_or(|at| at.elapsed() >= SAVE_EVERY);
+                if due || self.token.is_cancelled() {
+                    self.save(&mut cursor).await;
                 }
+                self.stats
+                    .update(&self.consumer, &self.topic, |s| s.position = cursor.position);
+                done
             };
+            let unsaved = cursor.saved != cursor.position;
             if self.token.is_cancelled() {
                 return;
             }
             if !batch_done {
                 tokio::select! {
-                    _ = appended.changed() => {}
+                    _ = appended.changed(), if !stopped => {}
                     _ = changes.changed() => {}
                     _ = resets.changed() => {}
-                    _ = tokio::time::sleep(self.settings.backoff().1) => {}
-                    _ = self.token.cancelled() => return,
+                    _ = tokio::time::sleep(self.settings.backoff().1), if !stopped => {}
+                    _ = tokio::time::sleep(SAVE_EVERY), if unsaved => {}
+                    _ = self.token.cancelled() => {
+                        let _turn = slot.delivery.lock().await;
+                        if *resets.borrow() == reset_seen {
+                            self.save(&mut cursor).await;
+                        }
+                        return;
+                    }
                 }
             }
         }
     }
 
-    /// Delivers one batch after `from`; `false` when there was nothing to do
-    /// or the batch was interrupted.
+    async fn save(&self, cursor: &mut Cursor) {
+        let Some(position) = cursor.position else {
+            return;
+        };
+        if cursor.saved == Some(position) {
+            return;
+        }
+        match self.bus.commit(&self.consumer, &self.topic, position).await {
+            Ok(()) => (cursor.saved, cursor.saved_at) = (Some(position), Some(Instant::now())),
+            Err(err) => tracing::error!(cause = %format!("{err:#}"), "cannot save position"),
+        }
+    }
+
+    /// Delivers one batch after `from` and moves `position` past what it
+    /// delivered; `false` when there was nothing to do or the batch was
+    /// interrupted.
     async fn batch(&self, from: u64, position: &mut Option<u64>) -> bool {
         let batch = match self.bus.read(&self.topic, from, BATCH).await {
             Ok(batch) if !batch.is_empty() => batch,
@@ -257,17 +341,7 @@ impl Dispatcher {
                 .push(entry);
         }
         // Each partition returns the positions it finished.
-        let finished = join_all(partitions.into_values().map(|events| async move {
-            let mut done = Vec::new();
-            for (at, event) in events {
-                match self.deliver(*at, event).await {
-                    Outcome::Done => done.push(*at),
-                    Outcome::Interrupted => break,
-                }
-            }
-            done
-        }))
-        .await;
+        let finished = join_all(partitions.into_values().map(|events| self.partition(events))).await;
         let mut done: Vec<u64> = finished.into_iter().flatten().collect();
         done.sort_unstable();
         // Everything up to the first gap is delivered.
@@ -280,44 +354,77 @@ impl Dispatcher {
         let Some(reached) = reached else {
             return false;
         };
-        if let Err(err) = self.bus.commit(&self.consumer, &self.topic, reached).await {
-            tracing::error!(cause = %format!("{err:#}"), "cannot save position");
-            return false;
-        }
         *position = Some(reached);
         done.len() == batch.len()
     }
 
-    /// Delivers one event until it is applied or dead-lettered.
-    async fn deliver(&self, at: u64, envelope: &Envelope) -> Outcome {
-        let event = to_event(envelope);
+    /// Delivers one partition's events in order, in runs of up to `RUN`
+    /// events per transaction; an event that fails in a run goes on alone,
+    /// with retries. Returns the positions delivered.
+    async fn partition(&self, events: Vec<&(u64, Envelope)>) -> Vec<u64> {
+        let mut done = Vec::new();
+        let mut rest = &events[..];
+        while !rest.is_empty() {
+            let Some(loaded) = self.registry.get(&self.consumer) else {
+                break;
+            };
+            let run = &rest[..rest.len().min(RUN)];
+            let envelopes: Vec<&Envelope> = run.iter().map(|(_, envelope)| envelope).collect();
+            let delivered = deliver_run(&loaded, &envelopes).await.unwrap_or_else(|err| Delivered {
+                applied: 0,
+                failed: Some(err),
+            });
+            if delivered.applied > 0 {
+                telemetry::record_deliveries(&self.consumer, &self.topic, "applied", delivered.applied);
+                self.stats
+                    .update(&self.consumer, &self.topic, |s| s.delivered += delivered.applied as u64);
+            }
+            done.extend(run[..delivered.applied].iter().map(|(at, _)| *at));
+            rest = &rest[delivered.applied..];
+            let Some(failure) = delivered.failed else {
+                continue;
+            };
+            let (at, envelope) = rest[0];
+            match self.deliver(*at, envelope, failure).await {
+                Outcome::Done => done.push(*at),
+                Outcome::Interrupted => break,
+            }
+            rest = &rest[1..];
+        }
+        done
+    }
+
+    /// Retries an event whose first attempt failed with `failure` until it
+    /// is applied or dead-lettered.
+    async fn deliver(&self, at: u64, envelope: &Envelope, failure: anyhow::Error) -> Outcome {
         let (first, max) = self.settings.backoff();
         let mut backoff = first;
         let mut attempt = 1;
+        let mut failure = Some(failure);
         loop {
             let Some(loaded) = self.registry.get(&self.consumer) else {
                 return Outcome::Interrupted;
             };
             let request_id = envelope.request_id.as_deref().unwrap_or("-");
-            let span = tracing::info_span!("deliver", request_id = %request_id, event_type = %event.event_type, key = %event.key);
-            let outcome = deliver_once(&loaded, &event, envelope.request_id.as_deref())
-                .instrument(span.clone())
-                .await;
+            let span = tracing::info_span!("deliver", request_id = %request_id, event_type = %envelope.event_type, key = %envelope.key);
+            let outcome = match failure.take() {
+                Some(failure) => Err(failure),
+                None => deliver_once(&loaded, envelope).instrument(span.clone()).await,
+            };
             let error = match outcome {
-                Ok(applied) => {
-                    telemetry::record_delivery(&self.consumer, &self.topic, "applied");
-                    span.in_scope(|| tracing::debug!(event = %event.id, applied, "delivered"));
+                Ok(()) => {
+                    telemetry::record_deliveries(&self.consumer, &self.topic, "applied", 1);
                     self.stats.update(&self.consumer, &self.topic, |s| s.delivered += 1);
                     return Outcome::Done;
                 }
                 Err(err) => format!("{err:#}"),
             };
-            span.in_scope(|| tracing::warn!(event = %event.id, attempt, cause = %error, "delivery failed"));
+            span.in_scope(|| tracing::warn!(event = %envelope.id, attempt, cause = %error, "delivery failed"));
             self.stats.update(&self.consumer, &self.topic, |s| {
                 s.last_error = Some(error.clone());
                 s.last_error_at = Some(now_ms());
             });
-            telemetry::record_delivery(&self.consumer, &self.topic, "failed");
+            telemetry::record_deliveries(&self.consumer, &self.topic, "failed", 1);
             if attempt >= self.settings.max_attempts {
                 return self.dead_letter(at, envelope, attempt, error).await;
             }
@@ -355,17 +462,32 @@ impl Dispatcher {
     }
 }
 
-/// One delivery attempt, bounded by the consumer's deadline (plus a grace
-/// for waiting on its database).
-pub async fn deliver_once(loaded: &Loaded, event: &Event, request_id: Option<&str>) -> anyhow::Result<bool> {
-    let deadline = loaded.slot.limits.timeout() + Duration::from_secs(1);
+/// Delivers a run of events to the consumer in one transaction (see
+/// [`Loaded::deliver`]), bounded by the consumer's deadline per event plus
+/// a grace for waiting on an instance and on its database.
+async fn deliver_run(loaded: &Loaded, envelopes: &[&Envelope]) -> anyhow::Result<Delivered> {
+    let events: Vec<Event> = envelopes.iter().map(|envelope| to_event(envelope)).collect();
+    let run: Vec<(&Event, Option<&str>)> = events
+        .iter()
+        .zip(envelopes)
+        .map(|(event, envelope)| (event, envelope.request_id.as_deref()))
+        .collect();
+    let deadline = loaded.slot.limits.timeout() * run.len() as u32 + Duration::from_secs(1);
     let delivery = async {
         let _instance = loaded.slot.instances.acquire().await?;
-        loaded.deliver(event, request_id).await
+        loaded.deliver(&run).await
     };
     match tokio::time::timeout(deadline, delivery).await {
-        Ok(outcome) => outcome,
+        Ok(delivered) => delivered,
         Err(_) => Err(anyhow::anyhow!("delivery exceeded its deadline")),
+    }
+}
+
+/// Delivers one event, in its own transaction.
+pub async fn deliver_once(loaded: &Loaded, envelope: &Envelope) -> anyhow::Result<()> {
+    match deliver_run(loaded, &[envelope]).await?.failed {
+        Some(failure) => Err(failure),
+        None => Ok(()),
     }
 }
 

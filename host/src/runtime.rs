@@ -246,7 +246,10 @@ impl Runtime {
         let mut all = Vec::new();
         for (consumer, settings) in &self.config.components {
             for topic in &settings.subscribe {
-                let position = self.bus.position(consumer, topic).await?;
+                let position = match self.stats.get(consumer, topic).position {
+                    Some(position) => position,
+                    None => self.bus.position(consumer, topic).await?,
+                };
                 let log = self.bus.topic_stats(topic, position).await?;
                 all.push(SubscriptionLog {
                     consumer: consumer.clone(),

@@ -58,13 +58,13 @@ pub fn record_trap(component: &str, deadline: bool) {
     metrics::counter!("rentcar_traps_total", "component" => component.to_string(), "kind" => kind).increment(1);
 }
 
-pub fn record_delivery(consumer: &str, topic: &str, outcome: &'static str) {
+pub fn record_deliveries(consumer: &str, topic: &str, outcome: &'static str, count: usize) {
     let labels = [
         ("consumer", consumer.to_string()),
         ("topic", topic.to_string()),
         ("outcome", outcome.to_string()),
     ];
-    metrics::counter!("rentcar_event_deliveries_total", &labels).increment(1);
+    metrics::counter!("rentcar_event_deliveries_total", &labels).increment(count as u64);
 }
 
 /// The text of `GET /metrics`.
