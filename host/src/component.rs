@@ -165,12 +165,14 @@ impl Loaded {
     /// Ends an invocation: commits if `ok`, rolls back otherwise, and wakes
     /// the relay when committed events are waiting in the outbox.
     pub fn finish(&self, store: &mut Store<Invocation>, ok: bool) -> anyhow::Result<()> {
-        let txn = &mut store.data_mut().txn;
-        if !ok {
-            txn.rollback();
-            return Ok(());
+        let invocation = store.data_mut();
+        let mut published = std::mem::take(&mut invocation.committed_events);
+        if ok {
+            published += invocation.txn.commit()?;
+        } else {
+            invocation.txn.rollback();
         }
-        if txn.commit()? > 0 {
+        if published > 0 {
             self.slot.relay.notify_one();
         }
         Ok(())
@@ -241,6 +243,7 @@ impl Loaded {
             txn.savepoint().await?;
             let mut store = self.store_in(txn);
             store.data_mut().request_id = request_id.map(str::to_string);
+            store.data_mut().may_commit = false;
             let span = tracing::info_span!("deliver", request_id = %request_id.unwrap_or("-"), event_type = %event.event_type, key = %event.key);
             let handled = self.handle(&mut store, indices, event).instrument(span.clone()).await;
             txn = store.into_data().txn;

@@ -24,6 +24,11 @@ pub struct Invocation {
     /// The request this invocation serves, directly or through calls and
     /// events; stamped on the events it publishes.
     pub request_id: Option<String>,
+    /// Whether the guest may commit midway (`sql.commit`): not in an event
+    /// delivery.
+    pub may_commit: bool,
+    /// Events published in transactions the guest committed midway.
+    pub committed_events: usize,
     config: Arc<WasiConfigVariables>,
     _in_flight: InFlight,
     wasi: WasiCtx,
@@ -44,6 +49,8 @@ impl Invocation {
             txn,
             limits,
             request_id: None,
+            may_commit: true,
+            committed_events: 0,
             config,
             _in_flight: in_flight,
             // No preopened directories, no environment, no arguments, no

@@ -44,9 +44,25 @@ impl Host for Invocation {
             .await
             .map(|(rows, _)| rows))
     }
+
+    #[tracing::instrument(skip_all, fields(component = %self.component))]
+    async fn commit(&mut self) -> wasmtime::Result<Result<(), Error>> {
+        Ok(self.commit_so_far())
+    }
 }
 
 impl Invocation {
+    fn commit_so_far(&mut self) -> Result<(), Error> {
+        if !self.may_commit {
+            return Err(Error::Denied(
+                "an event's effect commits with its inbox row, at the end of the delivery".into(),
+            ));
+        }
+        let published = self.txn.commit().map_err(|err| Error::Other(format!("{err:#}")))?;
+        self.committed_events += published;
+        Ok(())
+    }
+
     async fn run<R>(
         &mut self,
         statement: &str,

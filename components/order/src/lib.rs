@@ -7,14 +7,21 @@
 //! order to `RESERVED` or `REJECTED`. `POST /orders/{id}/cancel` cancels the
 //! payment synchronously; rentcar releases the cars on `PaymentCancelled`.
 //!
-//! Crash safety. The invocation takes order's database (its first statement)
-//! before it calls payment and keeps it until it commits, so when order
-//! handles the `PaymentApproved` of a payment, the invocation that asked for
-//! it is over. If the order is not there then, it never will be (the host
-//! died between payment's commit and order's): order publishes
-//! `OrderAbandoned` and payment refunds. Likewise a `PaymentCancelled` whose
-//! order is not cancelled (died between the two commits of a cancel) cancels
-//! the order.
+//! Orphan payments. `POST /orders` commits its idempotency check and lets go
+//! of order's database while payment works (`db::commit`), so orders are not
+//! serialized behind each other's payment calls. A payment can then be
+//! approved with no order to show for it: the host died between payment's
+//! commit and order's, or a concurrent request with the same
+//! Idempotency-Key won. Order hears every `PaymentApproved`; when its order
+//! is missing and the approval is older than `abandon_after_ms` (wasi:config,
+//! default 5 s: far longer than the rest of a `POST /orders` takes), order
+//! records the id as abandoned and publishes `OrderAbandoned`, and payment
+//! refunds. A younger approval is retried later (the host redelivers it).
+//! The abandoned record and the order's insert exclude each other in order's
+//! database, so a request that outlives the wait answers 503 instead of
+//! placing an order whose payment is being refunded. Likewise a
+//! `PaymentCancelled` whose order is not cancelled (died between the two
+//! commits of a cancel) cancels the order.
 
 #![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
@@ -41,12 +48,16 @@ use rentcar::payment::payments::{self, CallError, PaymentStatus};
 const TOPIC: &str = "order";
 /// Largest quantity one order may ask for.
 const MAX_QTY: u32 = 1_000;
+/// How long after its approval a payment without an order is abandoned,
+/// unless the config says `abandon_after_ms`.
+const ABANDON_AFTER_MS: u64 = 5_000;
 
 struct Component;
 
 impl lifecycle::Guest for Component {
     fn init() -> Result<(), String> {
-        db::migrate(&["CREATE TABLE orders (
+        db::migrate(&[
+            "CREATE TABLE orders (
                 id INTEGER PRIMARY KEY,
                 car_id INTEGER NOT NULL,
                 qty INTEGER NOT NULL,
@@ -54,7 +65,10 @@ impl lifecycle::Guest for Component {
                 status TEXT NOT NULL,
                 payment_id INTEGER NOT NULL,
                 idempotency_key TEXT UNIQUE
-            )"])
+            )",
+            // Payments given up for abandoned: no order may take their id.
+            "CREATE TABLE abandoned (id INTEGER PRIMARY KEY)",
+        ])
         .map_err(|err| err.to_string())
     }
 
@@ -108,41 +122,73 @@ impl event_handler::Guest for Component {
         };
         let result = match event.event_type.as_str() {
             // Only a paid order moves on; one cancelled meanwhile stays so.
-            "CarReserved" => set_status(parse()?, "RESERVED", &["PAID"]),
-            "ReservationRejected" => set_status(parse()?, "REJECTED", &["PAID"]),
-            "PaymentCancelled" => set_status(parse()?, "CANCELLED", &["PAID", "RESERVED"]),
-            "PaymentApproved" => abandon_if_missing(parse()?),
+            "CarReserved" => set_status(&event, parse()?, "RESERVED", &["PAID"]),
+            "ReservationRejected" => set_status(&event, parse()?, "REJECTED", &["PAID"]),
+            "PaymentCancelled" => set_status(&event, parse()?, "CANCELLED", &["PAID", "RESERVED"]),
+            "PaymentApproved" => abandon_if_missing(&event, parse()?),
             _ => Ok(()),
         };
         result.map_err(|err| err.to_string())
     }
 }
 
-fn set_status(event: OrderEvent, status: &str, from: &[&str]) -> Result<(), db::Error> {
+/// Whether an order missing now may still be placed by a `POST /orders` in
+/// flight: its payment was approved less than `abandon_after_ms` ago.
+fn may_be_in_flight(event: &Event) -> bool {
+    let wait = rentcar_sdk::config::get("abandon_after_ms")
+        .ok()
+        .flatten()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(ABANDON_AFTER_MS);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_sub(event.time) < wait
+}
+
+/// The error that makes the host deliver the event again later.
+fn not_placed_yet(event: &OrderEvent) -> db::Error {
+    db::Error::Other(format!("order {} is not placed yet; checking again", event.order_id))
+}
+
+fn set_status(event: &Event, order: OrderEvent, status: &str, from: &[&str]) -> Result<(), db::Error> {
+    let mut changed = 0;
     for current in from {
-        db::execute(
+        changed += db::execute(
             "UPDATE orders SET status = ? WHERE id = ? AND payment_id = ? AND status = ?",
             &[
                 status.into(),
-                event.order_id.into(),
-                event.payment_id.into(),
+                order.order_id.into(),
+                order.payment_id.into(),
                 (*current).into(),
             ],
-        )?;
+        )?
+        .rows_affected;
+    }
+    if changed == 0 && find(order.order_id)?.is_none() && !is_abandoned(order.order_id)? && may_be_in_flight(event) {
+        return Err(not_placed_yet(&order));
     }
     Ok(())
 }
 
-fn abandon_if_missing(event: OrderEvent) -> Result<(), db::Error> {
+fn is_abandoned(order_id: u64) -> Result<bool, db::Error> {
+    Ok(db::query_row("SELECT 1 FROM abandoned WHERE id = ?", &[order_id.into()])?.is_some())
+}
+
+fn abandon_if_missing(event: &Event, order: OrderEvent) -> Result<(), db::Error> {
     let exists = db::query_row(
         "SELECT 1 FROM orders WHERE id = ? AND payment_id = ?",
-        &[event.order_id.into(), event.payment_id.into()],
+        &[order.order_id.into(), order.payment_id.into()],
     )?;
-    if exists.is_none() {
-        let payload = serde_json::json!({ "orderId": event.order_id, "paymentId": event.payment_id });
-        rentcar_sdk::publish(TOPIC, &event.order_id.to_string(), "OrderAbandoned", &payload)
-            .map_err(db::Error::Other)?;
+    if exists.is_some() || is_abandoned(order.order_id)? {
+        return Ok(());
     }
+    if may_be_in_flight(event) {
+        return Err(not_placed_yet(&order));
+    }
+    db::execute("INSERT INTO abandoned (id) VALUES (?)", &[order.order_id.into()])?;
+    let payload = serde_json::json!({ "orderId": order.order_id, "paymentId": order.payment_id });
+    rentcar_sdk::publish(TOPIC, &order.order_id.to_string(), "OrderAbandoned", &payload).map_err(db::Error::Other)?;
     Ok(())
 }
 
@@ -206,30 +252,19 @@ fn place(request: &Request) -> Result<Response, db::Error> {
         return Ok(Response::bad_request("Idempotency-Key must be 1 to 200 characters"));
     }
 
-    // This first statement also takes order's write turn before payment is
-    // called (see the crate docs): keep a statement before the call.
-    let earlier = db::query_row(
-        &format!("{SELECT} WHERE idempotency_key = ?"),
-        &[key.unwrap_or_default().into()],
-    )?;
-    if let Some(order) = earlier.map(from_row) {
-        let same = order.car_id as u64 == new.car_id && order.qty == i64::from(new.qty) && order.customer == customer;
-        if !same {
-            return Ok(Response::error(
-                422,
-                "idempotency-key-reused",
-                "this Idempotency-Key was used for a different order",
-            ));
-        }
-        return Ok(Response::json(201, &order));
+    if let Some(earlier) = placed_with(key, &new, customer)? {
+        return Ok(earlier);
     }
+    // Let other orders use the database while payment works (crate docs).
+    db::commit()?;
 
     let payment = match payments::approve(new.car_id, new.qty, customer) {
         Ok(payment) => payment,
         Err(err) => return Ok(payment_failure(err)),
     };
-    db::execute(
-        "INSERT INTO orders (id, car_id, qty, customer, status, payment_id, idempotency_key) VALUES (?, ?, ?, ?, 'PAID', ?, ?)",
+    let inserted = db::execute(
+        "INSERT INTO orders (id, car_id, qty, customer, status, payment_id, idempotency_key)
+         SELECT ?, ?, ?, ?, 'PAID', ?, ? WHERE NOT EXISTS (SELECT 1 FROM abandoned WHERE id = ?)",
         &[
             payment.order_id.into(),
             new.car_id.into(),
@@ -237,10 +272,54 @@ fn place(request: &Request) -> Result<Response, db::Error> {
             customer.into(),
             payment.id.into(),
             key.map_or(db::Value::Null, Into::into),
+            payment.order_id.into(),
         ],
-    )?;
+    );
+    match inserted {
+        Ok(changes) if changes.rows_affected == 1 => {}
+        Ok(_) => {
+            let mut response = Response::error(
+                503,
+                "payment-unconfirmed",
+                "the payment was not confirmed in time and is refunded; retry",
+            );
+            response.headers.push(("retry-after".into(), "1".into()));
+            return Ok(response);
+        }
+        // A request with the same Idempotency-Key placed its order while
+        // this one was paying: answer with that order; this payment is
+        // refunded as abandoned.
+        Err(db::Error::Constraint(_)) if key.is_some() => {
+            if let Some(earlier) = placed_with(key, &new, customer)? {
+                return Ok(earlier);
+            }
+            return Err(db::Error::Other("idempotency key conflict without an order".into()));
+        }
+        Err(err) => return Err(err),
+    }
     let order = find(payment.order_id)?.ok_or_else(|| db::Error::Other("order vanished".into()))?;
     Ok(Response::json(201, &order))
+}
+
+/// The answer for an order placed earlier with the same Idempotency-Key:
+/// that order, or 422 if it was for something else.
+fn placed_with(key: Option<&str>, new: &NewOrder, customer: &str) -> Result<Option<Response>, db::Error> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let earlier = db::query_row(&format!("{SELECT} WHERE idempotency_key = ?"), &[key.into()])?;
+    Ok(earlier.map(from_row).map(|order| {
+        let same = order.car_id as u64 == new.car_id && order.qty == i64::from(new.qty) && order.customer == customer;
+        if same {
+            Response::json(201, &order)
+        } else {
+            Response::error(
+                422,
+                "idempotency-key-reused",
+                "this Idempotency-Key was used for a different order",
+            )
+        }
+    }))
 }
 
 fn cancel(order_id: u64) -> Result<Response, db::Error> {

@@ -61,6 +61,12 @@ pub fn query(statement: &str, params: &[Value]) -> Result<Vec<Row>, Error> {
     Ok(sql::query(statement, params)?.into_iter().map(Row).collect())
 }
 
+/// Commits what the invocation did so far and gives up the write turn (see
+/// `rentcar:host/sql.commit`); the next statement starts a new transaction.
+pub fn commit() -> Result<(), Error> {
+    sql::commit()
+}
+
 pub fn query_row(statement: &str, params: &[Value]) -> Result<Option<Row>, Error> {
     Ok(query(statement, params)?.into_iter().next())
 }
