@@ -1,6 +1,8 @@
 //! The business flows: order -> payment -> reservation -> view, cancel,
 //! rejection with refund.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::harness::{Host, wait_for};
@@ -195,5 +197,61 @@ async fn a_retried_order_with_the_same_idempotency_key_creates_nothing_new() -> 
         .json(&json!({ "carId": car_id, "qty": 2, "customer": "park" }));
     let (status, reused) = host.send(other).await?;
     assert_eq!(status, 422, "{reused}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_orders_with_one_idempotency_key_place_one_order() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = Host::start(dir.path())?;
+    let car_id = host.car("Ioniq", 10).await?;
+    let body = json!({ "carId": car_id, "qty": 1, "customer": "lee" });
+    let client = reqwest::Client::new();
+    // Slow payment calls, so that every request passes the idempotency
+    // check before the first one places its order.
+    let fault = client
+        .put(format!("{}/admin/faults/payment", host.base))
+        .bearer_auth(crate::harness::TOKEN)
+        .json(&json!({ "delayMs": 300 }));
+    assert_eq!(host.send(fault).await?.0, 200);
+    let attempts = (0..8).map(|_| {
+        let request = client
+            .post(format!("{}/orders", host.base))
+            .header("Idempotency-Key", "double-click")
+            .json(&body);
+        host.send(request)
+    });
+    let answers = futures::future::try_join_all(attempts).await?;
+    for (status, order) in &answers {
+        assert_eq!(*status, 201, "{order}");
+        assert_eq!(order["id"], answers[0].1["id"], "one order for one key");
+    }
+    let (_, orders) = host.get("/orders").await?;
+    assert_eq!(orders.as_array().map(Vec::len), Some(1), "{orders}");
+    let (_, payments) = host.get("/payments").await?;
+    assert_eq!(
+        payments.as_array().map(Vec::len),
+        Some(8),
+        "each request paid: {payments}"
+    );
+
+    // Requests that paid before the winner committed leave payments without
+    // an order: abandoned after `abandon_after_ms`, refunded, never reserved.
+    let order_id = answers[0].1["id"].clone();
+    crate::harness::eventually("extra payments refunded", Duration::from_secs(30), || async {
+        let (_, payments) = host.get("/payments").await?;
+        let payments = payments.as_array().cloned().unwrap_or_default();
+        let settled = payments.iter().all(|payment| {
+            let expected = if payment["orderId"] == order_id {
+                "APPROVED"
+            } else {
+                "REFUNDED"
+            };
+            payment["status"] == expected
+        });
+        Ok(settled.then_some(()))
+    })
+    .await?;
+    wait_for(&host, &format!("/availability/{car_id}"), "available", json!(9)).await?;
     Ok(())
 }
