@@ -180,7 +180,7 @@ async fn reset(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) ->
         Ok(Err(refusal)) => return error(StatusCode::CONFLICT, "cannot-reset", &refusal),
         Err(err) => return internal(err),
     }
-    for topic in &settings.subscribe {
+    for topic in settings.topics() {
         if let Err(err) = runtime.bus.commit(&name, topic, 0).await {
             return internal(err);
         }
@@ -190,7 +190,7 @@ async fn reset(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) ->
     tracing::info!(component = %name, "subscriptions reset; replaying the log");
     (
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "component": name, "topics": settings.subscribe, "replaying": true })),
+        Json(serde_json::json!({ "component": name, "topics": settings.topics().collect::<Vec<_>>(), "replaying": true })),
     )
         .into_response()
 }

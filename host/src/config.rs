@@ -126,13 +126,57 @@ pub struct ComponentConfig {
     pub routes: Vec<String>,
     /// Topics whose events are delivered to the component's `event-handler`.
     #[serde(default)]
-    pub subscribe: Vec<String>,
+    pub subscribe: Vec<Subscription>,
     /// Values the component reads through `wasi:config/store`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
     /// Sandbox limits of every instance of the component.
     #[serde(default)]
     pub limits: Limits,
+}
+
+impl ComponentConfig {
+    /// The topics the component subscribes to.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.subscribe.iter().map(Subscription::topic)
+    }
+}
+
+/// A topic a component hears: `"payment"`, or only some of its event types:
+/// `{ topic = "rentcar", types = ["ReservationRejected"] }`. The host skips
+/// the other events without instantiating the component.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a topic name, or a table { topic = \"...\", types = [\"...\"] }"
+)]
+pub enum Subscription {
+    Topic(String),
+    Types(TypedSubscription),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypedSubscription {
+    pub topic: String,
+    pub types: Vec<String>,
+}
+
+impl Subscription {
+    pub fn topic(&self) -> &str {
+        match self {
+            Subscription::Topic(topic) => topic,
+            Subscription::Types(typed) => &typed.topic,
+        }
+    }
+
+    /// Whether events of `event_type` are delivered.
+    pub fn wants(&self, event_type: &str) -> bool {
+        match self {
+            Subscription::Topic(_) => true,
+            Subscription::Types(typed) => typed.types.iter().any(|t| t == event_type),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -313,10 +357,22 @@ impl Config {
                     return invalid(format!("route `{route}` is claimed by both `{other}` and `{name}`"));
                 }
             }
-            for topic in &component.subscribe {
-                if topic.is_empty() {
+            for subscription in &component.subscribe {
+                if subscription.topic().is_empty() {
                     return invalid(format!("component `{name}` subscribes to an empty topic name"));
                 }
+                if let Subscription::Types(typed) = subscription
+                    && typed.types.is_empty()
+                {
+                    return invalid(format!(
+                        "component `{name}` subscribes to no event type of `{}`; list some or drop the topic",
+                        typed.topic
+                    ));
+                }
+            }
+            let mut topics = BTreeSet::new();
+            if let Some(twice) = component.topics().find(|topic| !topics.insert(*topic)) {
+                return invalid(format!("component `{name}` subscribes to `{twice}` twice"));
             }
             let limits = component.limits;
             if limits.memory_mib == 0
@@ -453,5 +509,31 @@ mod tests {
         assert!(cycle.unwrap_err().to_string().contains("cycle: a -> b -> a"));
         let unknown = parse("[components.a]\npath = \"a.wasm\"\nroutez = []\n");
         assert!(unknown.unwrap_err().to_string().contains("unknown field `routez`"));
+    }
+
+    #[test]
+    fn subscriptions_name_topics_and_optionally_event_types() {
+        let config = parse(
+            r#"
+            [components.a]
+            path = "a.wasm"
+            subscribe = ["t", { topic = "u", types = ["A", "B"] }]
+            "#,
+        )
+        .unwrap();
+        let a = &config.components["a"];
+        assert_eq!(a.topics().collect::<Vec<_>>(), ["t", "u"]);
+        assert!(a.subscribe[0].wants("Anything"));
+        assert!(a.subscribe[1].wants("B") && !a.subscribe[1].wants("C"));
+
+        let refused = |subscribe: &str| {
+            parse(&format!("[components.a]\npath = \"a.wasm\"\nsubscribe = {subscribe}\n"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused(r#"[{ topic = "u" }]"#).contains("a topic name, or a table"));
+        assert!(refused(r#"[{ topic = "u", types = [] }]"#).contains("no event type of `u`"));
+        assert!(refused(r#"["t", { topic = "t", types = ["A"] }]"#).contains("`t` twice"));
+        assert!(refused(r#"[""]"#).contains("empty topic name"));
     }
 }

@@ -31,7 +31,7 @@ use tracing::Instrument as _;
 use crate::bindings::event_handler::Event;
 use crate::bus::{DeadLetter, Envelope, EventBus};
 use crate::component::{Delivered, Loaded, Slot};
-use crate::config::Delivery;
+use crate::config::{Delivery, Subscription};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::telemetry;
@@ -53,10 +53,12 @@ pub fn start(runtime: &Runtime, token: &CancellationToken, tracker: &TaskTracker
         tracker.spawn(relay(slot, bus, token).instrument(span));
     }
     for (name, settings) in &runtime.config.components {
-        for topic in &settings.subscribe {
+        for subscription in &settings.subscribe {
+            let topic = subscription.topic();
             let dispatcher = Dispatcher {
                 consumer: name.clone(),
-                topic: topic.clone(),
+                topic: topic.to_string(),
+                subscription: subscription.clone(),
                 registry: runtime.registry.clone(),
                 bus: runtime.bus.clone(),
                 stats: runtime.stats.clone(),
@@ -223,6 +225,7 @@ enum Outcome {
 struct Dispatcher {
     consumer: String,
     topic: String,
+    subscription: Subscription,
     registry: Arc<Registry>,
     bus: Arc<dyn EventBus>,
     stats: Arc<Stats>,
@@ -334,7 +337,13 @@ impl Dispatcher {
             }
         };
         let mut partitions: BTreeMap<u64, Vec<&(u64, Envelope)>> = BTreeMap::new();
+        // Events of types the consumer does not want are done at once.
+        let mut skipped = Vec::new();
         for entry in &batch {
+            if !self.subscription.wants(&entry.1.event_type) {
+                skipped.push(entry.0);
+                continue;
+            }
             partitions
                 .entry(partition(&entry.1.key, self.settings.partitions))
                 .or_default()
@@ -342,7 +351,7 @@ impl Dispatcher {
         }
         // Each partition returns the positions it finished.
         let finished = join_all(partitions.into_values().map(|events| self.partition(events))).await;
-        let mut done: Vec<u64> = finished.into_iter().flatten().collect();
+        let mut done: Vec<u64> = finished.into_iter().flatten().chain(skipped).collect();
         done.sort_unstable();
         // Everything up to the first gap is delivered.
         let reached = batch
@@ -531,7 +540,7 @@ async fn retention(
         for topic in crate::runtime::topics(&config) {
             let mut delivered = u64::MAX;
             for (name, settings) in &config.components {
-                if settings.subscribe.iter().any(|t| t == topic) {
+                if settings.topics().any(|t| t == topic) {
                     delivered = delivered.min(bus.position(name, topic).await.unwrap_or(0));
                 }
             }

@@ -245,7 +245,7 @@ impl Runtime {
     pub async fn subscription_logs(&self) -> anyhow::Result<Vec<SubscriptionLog>> {
         let mut all = Vec::new();
         for (consumer, settings) in &self.config.components {
-            for topic in &settings.subscribe {
+            for topic in settings.topics() {
                 let position = match self.stats.get(consumer, topic).position {
                     Some(position) => position,
                     None => self.bus.position(consumer, topic).await?,
@@ -253,7 +253,7 @@ impl Runtime {
                 let log = self.bus.topic_stats(topic, position).await?;
                 all.push(SubscriptionLog {
                     consumer: consumer.clone(),
-                    topic: topic.clone(),
+                    topic: topic.to_string(),
                     position,
                     log,
                 });
@@ -349,9 +349,5 @@ fn digest(wasm: &[u8]) -> String {
 
 /// The distinct topics some component subscribes to.
 pub fn topics(config: &Config) -> BTreeSet<&str> {
-    config
-        .components
-        .values()
-        .flat_map(|c| c.subscribe.iter().map(String::as_str))
-        .collect()
+    config.components.values().flat_map(|c| c.topics()).collect()
 }
