@@ -255,3 +255,36 @@ async fn concurrent_orders_with_one_idempotency_key_place_one_order() -> anyhow:
     wait_for(&host, &format!("/availability/{car_id}"), "available", json!(9)).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_order_whose_client_hung_up_is_still_placed() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = Host::start(dir.path())?;
+    let car_id = host.car("Casper", 2).await?;
+    let client = reqwest::Client::new();
+    let fault = client
+        .put(format!("{}/admin/faults/payment", host.base))
+        .bearer_auth(crate::harness::TOKEN)
+        .json(&json!({ "delayMs": 400 }));
+    assert_eq!(host.send(fault).await?.0, 200);
+
+    // The client gives up while payment is still being called.
+    let hung_up = client
+        .post(format!("{}/orders", host.base))
+        .timeout(Duration::from_millis(100))
+        .json(&json!({ "carId": car_id, "qty": 1, "customer": "yoon" }))
+        .send()
+        .await;
+    assert!(hung_up.is_err_and(|err| err.is_timeout()));
+
+    // The request ran to its end all the same: paid, placed, reserved.
+    let order = crate::harness::eventually("the order", Duration::from_secs(10), || async {
+        let (_, orders) = host.get("/orders").await?;
+        Ok(orders.as_array().and_then(|orders| orders.first().cloned()))
+    })
+    .await?;
+    wait_for(&host, &format!("/orders/{}", order["id"]), "status", json!("RESERVED")).await?;
+    let (_, payments) = host.get("/payments").await?;
+    assert_eq!(payments[0]["status"], "APPROVED", "{payments}");
+    Ok(())
+}
