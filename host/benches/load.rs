@@ -24,8 +24,13 @@ use harness::{Host, root, runtime_toml, wasm};
 use serde_json::{Value, json};
 
 /// Seconds per oha run, and its connections.
-const SECONDS: u64 = 8;
+const SECONDS: u64 = 5;
 const CONNECTIONS: u32 = 32;
+/// Runs per target in a comparison, alternating between the targets so
+/// that a noisy stretch of the machine hits them alike; medians reported.
+const ROUNDS: usize = 3;
+/// Connections of the latency-bound order run (the p99 target).
+const FEW_CONNECTIONS: u32 = 8;
 
 /// What one oha run measured.
 struct Run {
@@ -49,13 +54,48 @@ impl Run {
     }
 }
 
+/// Each target's median run over `ROUNDS` alternating rounds of the same
+/// load: `targets` are (url, extra oha arguments).
+fn compare(targets: &[(String, Vec<String>)], connections: u32) -> anyhow::Result<Vec<Run>> {
+    let mut runs: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
+    for _ in 0..ROUNDS {
+        for ((url, extra), runs) in targets.iter().zip(&mut runs) {
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            runs.push(oha_with(url, &extra, connections)?);
+        }
+    }
+    Ok(runs.into_iter().map(Run::median).collect())
+}
+
+impl Run {
+    /// Field by field, the median of the runs.
+    fn median(runs: Vec<Run>) -> Run {
+        let median = |field: fn(&Run) -> f64| {
+            let mut values: Vec<f64> = runs.iter().map(field).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        Run {
+            rps: median(|r| r.rps),
+            p50: median(|r| r.p50),
+            p99: median(|r| r.p99),
+            p999: median(|r| r.p999),
+            success: median(|r| r.success),
+        }
+    }
+}
+
 fn oha(url: &str, extra: &[&str]) -> anyhow::Result<Run> {
+    oha_with(url, extra, CONNECTIONS)
+}
+
+fn oha_with(url: &str, extra: &[&str], connections: u32) -> anyhow::Result<Run> {
     let output = Command::new("oha")
         .args([
             "-z",
             &format!("{SECONDS}s"),
             "-c",
-            &CONNECTIONS.to_string(),
+            &connections.to_string(),
             "--no-tui",
             "--output-format",
             "json",
@@ -202,16 +242,22 @@ async fn main() -> anyhow::Result<()> {
     let mut ratios = Vec::new();
 
     // 1. Pure dispatch.
-    let host_ping = oha(&format!("{}/ping", host.base), &[])?;
-    let native_ping = oha(&format!("{}/ping", native.base), &[])?;
+    let mut pings = vec![
+        (format!("{}/ping", host.base), Vec::new()),
+        (format!("{}/ping", native.base), Vec::new()),
+    ];
+    if let Some(serve) = &serve {
+        pings.push((format!("{}/", serve.base), Vec::new()));
+    }
+    let runs = compare(&pings, CONNECTIONS)?;
+    let (host_ping, native_ping) = (&runs[0], &runs[1]);
     rows.push(host_ping.row("1 GET /ping", "rentcar-host"));
     rows.push(native_ping.row("1 GET /ping", "native axum"));
     ratios.push(format!(
         "scenario 1 host/native: {:.2}",
         host_ping.rps / native_ping.rps
     ));
-    if let Some(serve) = &serve {
-        let serve_ping = oha(&format!("{}/", serve.base), &[])?;
+    if let Some(serve_ping) = runs.get(2) {
         rows.push(serve_ping.row("1 GET /ping", "wasmtime serve"));
         ratios.push(format!(
             "scenario 1 host/wasmtime-serve: {:.2}",
@@ -237,8 +283,14 @@ async fn main() -> anyhow::Result<()> {
         metric("rentcar_instantiation_seconds_sum") / metric("rentcar_instantiation_seconds_count") * 1e6;
 
     // 2. Read path.
-    let host_read = oha(&format!("{}/availability", host.base), &[])?;
-    let native_read = oha(&format!("{}/availability", native.base), &[])?;
+    let runs = compare(
+        &[
+            (format!("{}/availability", host.base), Vec::new()),
+            (format!("{}/availability", native.base), Vec::new()),
+        ],
+        CONNECTIONS,
+    )?;
+    let (host_read, native_read) = (&runs[0], &runs[1]);
     rows.push(host_read.row("2 GET /availability", "rentcar-host"));
     rows.push(native_read.row("2 GET /availability", "native axum"));
     ratios.push(format!(
@@ -255,21 +307,26 @@ async fn main() -> anyhow::Result<()> {
             .chain([body.to_string()])
             .collect::<Vec<_>>()
     };
-    let host_body = post(&order(cars[0]));
-    let native_body = post(&order(cars[10]));
-    let host_orders = oha(
-        &format!("{}/orders", host.base),
-        &host_body.iter().map(String::as_str).collect::<Vec<_>>(),
-    )?;
-    let native_orders = oha(
-        &format!("{}/orders", native.base),
-        &native_body.iter().map(String::as_str).collect::<Vec<_>>(),
-    )?;
+    let orders = [
+        (format!("{}/orders", host.base), post(&order(cars[0]))),
+        (format!("{}/orders", native.base), post(&order(cars[10]))),
+    ];
+    let runs = compare(&orders, CONNECTIONS)?;
+    let (host_orders, native_orders) = (&runs[0], &runs[1]);
     rows.push(host_orders.row("3 POST /orders", "rentcar-host"));
     rows.push(native_orders.row("3 POST /orders", "native axum"));
     ratios.push(format!(
         "scenario 3 host/native: {:.2}",
         host_orders.rps / native_orders.rps
+    ));
+    // The same with fewer connections: latency rather than throughput bound.
+    let runs = compare(&orders, FEW_CONNECTIONS)?;
+    let few = format!("3 POST /orders, {FEW_CONNECTIONS} connections");
+    rows.push(runs[0].row(&few, "rentcar-host"));
+    rows.push(runs[1].row(&few, "native axum"));
+    ratios.push(format!(
+        "scenario 3 host/native, {FEW_CONNECTIONS} connections: {:.2}",
+        runs[0].rps / runs[1].rps
     ));
 
     // Let the events of scenario 3 drain before measuring latency.

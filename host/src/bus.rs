@@ -166,9 +166,9 @@ impl SqliteBus {
 impl EventBus for SqliteBus {
     async fn append(&self, events: &[Envelope]) -> anyhow::Result<()> {
         let last = self.with(|conn| {
-            let tx = conn.transaction()?;
-            {
-                let mut insert = tx.prepare_cached(
+            conn.prepare_cached("BEGIN")?.execute([])?;
+            let appended = (|| {
+                let mut insert = conn.prepare_cached(
                     "INSERT OR IGNORE INTO events (id, topic, key, type, source, time, schema_version, payload, request_id)
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )?;
@@ -185,10 +185,16 @@ impl EventBus for SqliteBus {
                         e.request_id
                     ])?;
                 }
+                let last: u64 = conn
+                    .prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")?
+                    .query_row([], |row| row.get(0))?;
+                conn.prepare_cached("COMMIT")?.execute([])?;
+                Ok(last)
+            })();
+            if appended.is_err() {
+                let _ = conn.execute_batch("ROLLBACK");
             }
-            let last: u64 = tx.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| row.get(0))?;
-            tx.commit()?;
-            Ok(last)
+            appended
         })?;
         self.appended.send_replace(last);
         Ok(())
