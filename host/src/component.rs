@@ -118,11 +118,6 @@ impl Loaded {
     /// and deadline. The guest yields to the runtime at every epoch tick and
     /// traps with [`DeadlineExceeded`] once the deadline has passed.
     pub fn store(&self) -> Store<Invocation> {
-        self.store_in(Transaction::new(self.slot.db.clone()))
-    }
-
-    /// A fresh store whose invocation works in `txn`.
-    fn store_in(&self, txn: Transaction) -> Store<Invocation> {
         let slot = &self.slot;
         let limits = StoreLimitsBuilder::new()
             .memory_size(slot.limits.memory_bytes())
@@ -130,21 +125,21 @@ impl Loaded {
             .build();
         let invocation = Invocation::new(
             slot.name.clone(),
-            txn,
+            Transaction::new(slot.db.clone()),
             limits,
             slot.config.clone(),
             InFlight::enter(&self.in_flight),
         );
         let mut store = Store::new(self.engine(), invocation);
         store.limiter(|invocation| &mut invocation.limits);
-        let deadline = Instant::now() + slot.limits.timeout();
+        store.data_mut().deadline = Instant::now() + slot.limits.timeout();
         // Running one tick then pausing this long keeps the instance within
         // its share of a core.
         let percent = slot.limits.cpu_percent.clamp(1, 100);
         let pause = EPOCH_TICK * (100 - percent) / percent;
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
+        store.epoch_deadline_callback(move |store| {
+            if Instant::now() >= store.data().deadline {
                 Err(DeadlineExceeded.into())
             } else if pause.is_zero() {
                 Ok(UpdateDeadline::Yield(1))
@@ -216,21 +211,24 @@ impl Loaded {
     }
 
     /// Delivers a run of events (in log order) to the component's
-    /// `event-handler` in one transaction, so that a busy consumer commits
-    /// once per run instead of once per event. Each event gets a fresh
-    /// instance and a savepoint, and its inbox row, which makes it
-    /// idempotent; an event already in the inbox is skipped. The run stops
-    /// at the first event that fails: its savepoint is rolled back, the
-    /// events before it commit, and the error comes back with their count.
-    /// On `Err` nothing was applied.
+    /// `event-handler` in one transaction and one instance, so that a busy
+    /// consumer commits and instantiates once per run instead of once per
+    /// event. Each event gets its own deadline and a savepoint, and its inbox
+    /// row, which makes it idempotent; an event already in the inbox is
+    /// skipped. The run stops at the first event that fails: its savepoint
+    /// is rolled back, the events before it commit, and the error comes back
+    /// with their count. On `Err` nothing was applied.
     pub async fn deliver(&self, events: &[(&event_handler::Event, Option<&str>)]) -> anyhow::Result<Delivered> {
         let indices = self
             .event_handler
             .as_ref()
             .context("component exports no event-handler")?;
-        let mut txn = Transaction::new(self.slot.db.clone());
+        let mut store = self.store();
+        store.data_mut().may_commit = false;
+        let mut handler = None;
         let mut delivered = Delivered::default();
         for &(event, request_id) in events {
+            let txn = &mut store.data_mut().txn;
             let seen = txn
                 .conn()
                 .await?
@@ -241,12 +239,15 @@ impl Loaded {
                 continue;
             }
             txn.savepoint().await?;
-            let mut store = self.store_in(txn);
-            store.data_mut().request_id = request_id.map(str::to_string);
-            store.data_mut().may_commit = false;
+            let invocation = store.data_mut();
+            invocation.request_id = request_id.map(str::to_string);
+            invocation.deadline = Instant::now() + self.slot.limits.timeout();
             let span = tracing::info_span!("deliver", request_id = %request_id.unwrap_or("-"), event_type = %event.event_type, key = %event.key);
-            let handled = self.handle(&mut store, indices, event).instrument(span.clone()).await;
-            txn = store.into_data().txn;
+            let handled = self
+                .handle(&mut store, indices, &mut handler, event)
+                .instrument(span.clone())
+                .await;
+            let txn = &mut store.data_mut().txn;
             match handled {
                 Ok(()) => {
                     txn.release()?;
@@ -260,21 +261,28 @@ impl Loaded {
                 }
             }
         }
-        if txn.commit()? > 0 {
+        if store.data_mut().txn.commit()? > 0 {
             self.slot.relay.notify_one();
         }
         Ok(delivered)
     }
 
-    /// One event in a fresh instance, with its inbox row.
+    /// One event, with its inbox row, in the run's instance (made on first
+    /// use).
     async fn handle(
         &self,
         store: &mut Store<Invocation>,
         indices: &event_handler::GuestIndices,
+        handler: &mut Option<event_handler::Guest>,
         event: &event_handler::Event,
     ) -> anyhow::Result<()> {
-        let instance = self.instantiate(store).await?;
-        let handler = indices.load(&mut *store, &instance)?;
+        let handler = match handler {
+            Some(handler) => handler,
+            None => {
+                let instance = self.instantiate(store).await?;
+                handler.insert(indices.load(&mut *store, &instance)?)
+            }
+        };
         handler
             .call_handle(&mut *store, event)
             .await?

@@ -6,6 +6,7 @@
 //! memory limit and its database transaction.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
@@ -29,6 +30,8 @@ pub struct Invocation {
     pub may_commit: bool,
     /// Events published in transactions the guest committed midway.
     pub committed_events: usize,
+    /// When the running call traps with `DeadlineExceeded`.
+    pub deadline: Instant,
     config: Arc<WasiConfigVariables>,
     _in_flight: InFlight,
     wasi: WasiCtx,
@@ -51,6 +54,7 @@ impl Invocation {
             request_id: None,
             may_commit: true,
             committed_events: 0,
+            deadline: Instant::now(),
             config,
             _in_flight: in_flight,
             // No preopened directories, no environment, no arguments, no
