@@ -172,3 +172,23 @@ async fn retention_bounds_the_log_once_events_are_delivered() -> anyhow::Result<
     assert_eq!(seen(&host).await?.len(), 50);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_commit_midway_keeps_what_came_before_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = probe_config(dir.path(), "")?;
+    let host = Host::start_with(&config, &dir.path().join("data"))?;
+    // The request commits ("split", 1), then fails: ("split", 2) rolls back.
+    let (status, body) = host.post("/probe/split", json!({})).await?;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(seen(&host).await?, [json!({ "key": "split", "seq": 1 })]);
+    // Deliveries may not commit midway (the probe's handler checks that the
+    // host refuses): events still apply, each with its inbox row.
+    host.post("/probe/publish", json!({ "topic": "probe", "keys": 1, "count": 3 }))
+        .await?;
+    eventually("three events applied", Duration::from_secs(10), || async {
+        Ok((seen(&host).await?.len() == 4).then_some(()))
+    })
+    .await?;
+    Ok(())
+}

@@ -7,9 +7,12 @@
 //!   sequence number, in one transaction.
 //! - `POST /probe/fix`: from now on, poisoned events are accepted.
 //! - `GET /probe/seen`: what the handler applied, in order.
+//! - `POST /probe/split`: records `("split", 1)`, commits midway
+//!   (`sql.commit`), records `("split", 2)` and fails with a 500: only the
+//!   first survives.
 //!
 //! The handler fails on an event whose payload has `"poison": true` until
-//! fixed.
+//! fixed, and on any event if the host lets it commit midway.
 
 #![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
@@ -63,6 +66,10 @@ impl event_handler::Guest for Component {
         if payload.poison && !fixed {
             return Err(format!("poisoned event {} of key {}", payload.seq, event.key));
         }
+        // An event's effect must commit with its inbox row, at the end.
+        if !matches!(db::commit(), Err(db::Error::Denied(_))) {
+            return Err("the host let a delivery commit midway".into());
+        }
         db::execute(
             "INSERT INTO seen (key, seq) VALUES (?, ?)",
             &[event.key.into(), payload.seq.into()],
@@ -94,6 +101,7 @@ fn route(request: Request) -> Response {
             Ok(publish) => publish_many(&publish),
             Err(response) => return response,
         },
+        ("POST", ["probe", "split"]) => split().map(|()| Response::internal("failed after a commit midway")),
         ("POST", ["probe", "fix"]) => db::execute("INSERT INTO fixed (yes) VALUES (1)", &[])
             .map(|_| Response::json(200, &serde_json::json!({ "fixed": true })))
             .map_err(|err| err.to_string()),
@@ -109,6 +117,16 @@ fn route(request: Request) -> Response {
         _ => return Response::not_found("no such route"),
     };
     result.unwrap_or_else(|err| Response::internal(&err))
+}
+
+fn split() -> Result<(), String> {
+    let record = |seq: i64| {
+        db::execute("INSERT INTO seen (key, seq) VALUES ('split', ?)", &[seq.into()]).map_err(|err| err.to_string())
+    };
+    record(1)?;
+    db::commit().map_err(|err| err.to_string())?;
+    record(2)?;
+    Ok(())
 }
 
 fn publish_many(request: &PublishRequest) -> Result<Response, String> {
