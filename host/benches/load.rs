@@ -163,21 +163,36 @@ impl Drop for Server {
 }
 
 /// The repository's runtime.toml with absolute paths, plus the ping
-/// component at `/ping`.
-fn bench_config(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let mut config = String::new();
-    for line in std::fs::read_to_string(runtime_toml())?.lines() {
-        match line.strip_prefix("path = \"") {
-            Some(relative) => config.push_str(&format!("path = {:?}\n", root().join(relative.trim_end_matches('"')))),
-            None => config.push_str(&format!("{line}\n")),
+/// component at `/ping`; without any subscription unless `subscribers`.
+fn bench_config(dir: &Path, subscribers: bool) -> anyhow::Result<std::path::PathBuf> {
+    let mut config: toml::Table = std::fs::read_to_string(runtime_toml())?.parse()?;
+    let components = config
+        .get_mut("components")
+        .and_then(toml::Value::as_table_mut)
+        .context("runtime.toml has components")?;
+    for (_, component) in components.iter_mut() {
+        let Some(component) = component.as_table_mut() else {
+            continue;
+        };
+        if let Some(path) = component.get("path").and_then(toml::Value::as_str) {
+            let absolute = root().join(path).display().to_string();
+            component.insert("path".into(), absolute.into());
+        }
+        if !subscribers {
+            component.remove("subscribe");
         }
     }
-    config.push_str(&format!(
-        "\n[components.ping]\npath = {:?}\nroutes = [\"/ping\"]\n",
-        wasm("ping")
-    ));
-    let path = dir.join("bench.toml");
-    std::fs::write(&path, config)?;
+    let mut ping = toml::Table::new();
+    ping.insert("path".into(), wasm("ping").display().to_string().into());
+    ping.insert("routes".into(), toml::Value::Array(vec!["/ping".into()]));
+    components.insert("ping".into(), ping.into());
+    let name = if subscribers {
+        "bench.toml"
+    } else {
+        "bench-no-subscribers.toml"
+    };
+    let path = dir.join(name);
+    std::fs::write(&path, toml::to_string(&config)?)?;
     Ok(path)
 }
 
@@ -199,7 +214,7 @@ fn kib(pid: u32, field: &str) -> u64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let host = Host::start_with(&bench_config(dir.path())?, &dir.path().join("host"))?;
+    let host = Host::start_with(&bench_config(dir.path(), true)?, &dir.path().join("host"))?;
     let native = Server::start(
         Command::new(root().join("target/release/native-baseline"))
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
@@ -319,6 +334,31 @@ async fn main() -> anyhow::Result<()> {
         "scenario 3 host/native: {:.2}",
         host_orders.rps / native_orders.rps
     ));
+    // The request path alone, on a host whose components subscribe to
+    // nothing: what the native baseline does (it processes no events).
+    {
+        let bare = Host::start_with(&bench_config(dir.path(), false)?, &dir.path().join("bare"))?;
+        let car = client
+            .post(format!("{}/cars", bare.base))
+            .json(&json!({ "name": "Bare", "stock": 1_000_000 }))
+            .send()
+            .await?
+            .json::<Value>()
+            .await?["id"]
+            .as_u64()
+            .context("car id")?;
+        let runs = compare(
+            &[(format!("{}/orders", bare.base), post(&order(car))), orders[1].clone()],
+            CONNECTIONS,
+        )?;
+        let bare_row = "3 POST /orders, no subscribers (request path only)";
+        rows.push(runs[0].row(bare_row, "rentcar-host"));
+        rows.push(runs[1].row(bare_row, "native axum"));
+        ratios.push(format!(
+            "scenario 3 host/native, request path only: {:.2}",
+            runs[0].rps / runs[1].rps
+        ));
+    }
     // The same with fewer connections: latency rather than throughput bound.
     let runs = compare(&orders, FEW_CONNECTIONS)?;
     let few = format!("3 POST /orders, {FEW_CONNECTIONS} connections");
