@@ -224,7 +224,6 @@ impl Loaded {
             .as_ref()
             .context("component exports no event-handler")?;
         let mut store = self.store();
-        store.data_mut().may_commit = false;
         let mut handler = None;
         let mut delivered = Delivered::default();
         for &(event, request_id) in events {

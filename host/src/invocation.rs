@@ -25,8 +25,9 @@ pub struct Invocation {
     /// The request this invocation serves, directly or through calls and
     /// events; stamped on the events it publishes.
     pub request_id: Option<String>,
-    /// Whether the guest may commit midway (`sql.commit`): not in an event
-    /// delivery.
+    /// Whether the guest may commit midway (`sql.commit`): in HTTP requests
+    /// and calls only. An event's effect must commit with its inbox row, a
+    /// reset with the emptying of the inbox.
     pub may_commit: bool,
     /// Events published in transactions the guest committed midway.
     pub committed_events: usize,
@@ -52,7 +53,7 @@ impl Invocation {
             txn,
             limits,
             request_id: None,
-            may_commit: true,
+            may_commit: false,
             committed_events: 0,
             deadline: Instant::now(),
             config,

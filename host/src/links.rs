@@ -190,6 +190,7 @@ impl Call<'_> {
         let _instance = callee.slot.instances.acquire().await?;
         let mut store = callee.store();
         store.data_mut().request_id = self.request_id.clone();
+        store.data_mut().may_commit = true;
         let instance = callee.instantiate(&mut store).await?;
         let component = callee.component();
         let interface = component

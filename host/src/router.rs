@@ -171,6 +171,7 @@ async fn invoke(loaded: &Loaded, request: hyper::Request<Full<Bytes>>, request_i
 
     let mut store = loaded.store();
     store.data_mut().request_id = Some(request_id.to_string());
+    store.data_mut().may_commit = true;
     let name_for_metrics = name.clone();
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let http = &mut store.data_mut().http();

@@ -55,7 +55,7 @@ impl Invocation {
     fn commit_so_far(&mut self) -> Result<(), Error> {
         if !self.may_commit {
             return Err(Error::Denied(
-                "an event's effect commits with its inbox row, at the end of the delivery".into(),
+                "only HTTP requests and calls may commit midway; an event's effect commits with its inbox row".into(),
             ));
         }
         let published = self.txn.commit().map_err(|err| Error::Other(format!("{err:#}")))?;
