@@ -102,9 +102,12 @@ async fn route(runtime: &Runtime, request: Request, request_id: &str) -> Result<
     let limits = loaded.slot.limits;
     // Beyond `max_instances` a request waits for a free instance, within
     // its deadline: a flood of requests costs the host a queue, not CPU.
-    let _instance = match tokio::time::timeout(limits.timeout(), loaded.slot.instances.acquire()).await {
-        Ok(Ok(permit)) => permit,
-        _ => return Err(ApiError::Busy(name.into())),
+    let _instance = match loaded.slot.instances.try_acquire() {
+        Ok(permit) => permit,
+        Err(_) => match tokio::time::timeout(limits.timeout(), loaded.slot.instances.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => return Err(ApiError::Busy(name.into())),
+        },
     };
 
     let (mut parts, body) = request.into_parts();
