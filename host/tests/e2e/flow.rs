@@ -212,7 +212,7 @@ async fn concurrent_orders_with_one_idempotency_key_place_one_order() -> anyhow:
     let fault = client
         .put(format!("{}/admin/faults/payment", host.base))
         .bearer_auth(crate::harness::TOKEN)
-        .json(&json!({ "delayMs": 300 }));
+        .json(&json!({ "delayMs": 400 }));
     assert_eq!(host.send(fault).await?.0, 200);
     let attempts = (0..8).map(|_| {
         let request = client
@@ -229,11 +229,8 @@ async fn concurrent_orders_with_one_idempotency_key_place_one_order() -> anyhow:
     let (_, orders) = host.get("/orders").await?;
     assert_eq!(orders.as_array().map(Vec::len), Some(1), "{orders}");
     let (_, payments) = host.get("/payments").await?;
-    assert_eq!(
-        payments.as_array().map(Vec::len),
-        Some(8),
-        "each request paid: {payments}"
-    );
+    let paid = payments.as_array().map_or(0, Vec::len);
+    assert!(paid >= 2, "requests raced to pay: {payments}");
 
     // Requests that paid before the winner committed leave payments without
     // an order: abandoned after `abandon_after_ms`, refunded, never reserved.
@@ -265,13 +262,13 @@ async fn an_order_whose_client_hung_up_is_still_placed() -> anyhow::Result<()> {
     let fault = client
         .put(format!("{}/admin/faults/payment", host.base))
         .bearer_auth(crate::harness::TOKEN)
-        .json(&json!({ "delayMs": 400 }));
+        .json(&json!({ "delayMs": 1500 }));
     assert_eq!(host.send(fault).await?.0, 200);
 
     // The client gives up while payment is still being called.
     let hung_up = client
         .post(format!("{}/orders", host.base))
-        .timeout(Duration::from_millis(100))
+        .timeout(Duration::from_millis(300))
         .json(&json!({ "carId": car_id, "qty": 1, "customer": "yoon" }))
         .send()
         .await;
