@@ -204,12 +204,10 @@ async fn dead_letters(State(runtime): State<Arc<Runtime>>) -> Response {
 
 /// Delivers a dead letter once more, now; on success it leaves the store.
 async fn replay(State(runtime): State<Arc<Runtime>>, Path(id): Path<i64>) -> Response {
-    let letters = match runtime.bus.dead_letters().await {
-        Ok(letters) => letters,
+    let letter = match runtime.bus.dead_letter(id).await {
+        Ok(Some(letter)) => letter,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "not-found", &format!("no dead letter {id}")),
         Err(err) => return internal(err),
-    };
-    let Some(letter) = letters.into_iter().find(|letter| letter.id == id) else {
-        return error(StatusCode::NOT_FOUND, "not-found", &format!("no dead letter {id}"));
     };
     let Some(loaded) = runtime.registry.get(&letter.consumer) else {
         let message = format!("component `{}` is stopped; start it first", letter.consumer);

@@ -89,6 +89,7 @@ pub trait EventBus: Send + Sync + 'static {
     async fn topic_stats(&self, topic: &str, position: u64) -> anyhow::Result<TopicStats>;
     async fn add_dead_letter(&self, letter: &DeadLetter) -> anyhow::Result<()>;
     async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>>;
+    async fn dead_letter(&self, id: i64) -> anyhow::Result<Option<DeadLetter>>;
     async fn remove_dead_letter(&self, id: i64) -> anyhow::Result<()>;
     /// Deletes events of `topic` up to `delivered` (every consumer is past
     /// them) that are older than `before_time` or not among the newest
@@ -295,34 +296,17 @@ impl EventBus for SqliteBus {
 
     async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, consumer, topic, position, attempts, last_error, time,
-                        event_id, key, type, source, event_time, schema_version, payload
-                 FROM dead_letters ORDER BY id",
-            )?;
-            let rows = stmt.query_map([], |row| {
-                Ok(DeadLetter {
-                    id: row.get(0)?,
-                    consumer: row.get(1)?,
-                    topic: row.get(2)?,
-                    position: row.get(3)?,
-                    attempts: row.get(4)?,
-                    last_error: row.get(5)?,
-                    time: row.get(6)?,
-                    event: Envelope {
-                        id: row.get(7)?,
-                        topic: row.get(2)?,
-                        key: row.get(8)?,
-                        event_type: row.get(9)?,
-                        source: row.get(10)?,
-                        time: row.get(11)?,
-                        schema_version: row.get(12)?,
-                        payload: row.get(13)?,
-                        request_id: None,
-                    },
-                })
-            })?;
-            rows.collect()
+            conn.prepare_cached(&format!("{DEAD_LETTERS} ORDER BY id"))?
+                .query_map([], dead_letter_from_row)?
+                .collect()
+        })
+    }
+
+    async fn dead_letter(&self, id: i64) -> anyhow::Result<Option<DeadLetter>> {
+        self.with(|conn| {
+            conn.prepare_cached(&format!("{DEAD_LETTERS} WHERE id = ?"))?
+                .query_row([id], dead_letter_from_row)
+                .optional()
         })
     }
 
@@ -351,6 +335,33 @@ impl EventBus for SqliteBus {
             .execute(params![topic, delivered, before_time, beyond_count])
         })
     }
+}
+
+const DEAD_LETTERS: &str = "SELECT id, consumer, topic, position, attempts, last_error, time,
+        event_id, key, type, source, event_time, schema_version, payload
+    FROM dead_letters";
+
+fn dead_letter_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: row.get(0)?,
+        consumer: row.get(1)?,
+        topic: row.get(2)?,
+        position: row.get(3)?,
+        attempts: row.get(4)?,
+        last_error: row.get(5)?,
+        time: row.get(6)?,
+        event: Envelope {
+            id: row.get(7)?,
+            topic: row.get(2)?,
+            key: row.get(8)?,
+            event_type: row.get(9)?,
+            source: row.get(10)?,
+            time: row.get(11)?,
+            schema_version: row.get(12)?,
+            payload: row.get(13)?,
+            request_id: None,
+        },
+    })
 }
 
 #[cfg(test)]
