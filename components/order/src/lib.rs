@@ -278,13 +278,10 @@ fn place(request: &Request) -> Result<Response, db::Error> {
     match inserted {
         Ok(changes) if changes.rows_affected == 1 => {}
         Ok(_) => {
-            let mut response = Response::error(
-                503,
+            return Ok(Response::unavailable(
                 "payment-unconfirmed",
                 "the payment was not confirmed in time and is refunded; retry",
-            );
-            response.headers.push(("retry-after".into(), "1".into()));
-            return Ok(response);
+            ));
         }
         // A request with the same Idempotency-Key placed its order while
         // this one was paying: answer with that order; this payment is
@@ -366,15 +363,10 @@ fn payment_of(order_id: u64) -> Result<Response, db::Error> {
 
 fn payment_failure(err: CallError) -> Response {
     match err {
-        CallError::Unavailable(reason) => {
-            let mut response = Response::error(
-                503,
-                "payment-unavailable",
-                &format!("payment is unavailable, retry shortly: {reason}"),
-            );
-            response.headers.push(("retry-after".into(), "1".into()));
-            response
-        }
+        CallError::Unavailable(reason) => Response::unavailable(
+            "payment-unavailable",
+            &format!("payment is unavailable, retry shortly: {reason}"),
+        ),
         CallError::NotFound => Response::error(409, "conflict", "the order's payment does not exist"),
         CallError::Conflict(reason) => Response::conflict(&reason),
         CallError::Invalid(reason) => Response::bad_request(&reason),

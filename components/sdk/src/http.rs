@@ -85,6 +85,13 @@ impl Response {
         Response::error(405, "method-not-allowed", "method not allowed on this path")
     }
 
+    /// 503 with `Retry-After: 1`: the caller may try again shortly.
+    pub fn unavailable(code: &str, message: &str) -> Response {
+        let mut response = Response::error(503, code, message);
+        response.headers.push(("retry-after".into(), "1".into()));
+        response
+    }
+
     /// 500 for a failure inside the component (a database error, say). The
     /// host rolls back the invocation's transaction for any 5xx.
     pub fn internal(message: &str) -> Response {
