@@ -85,6 +85,14 @@ impl Run {
     }
 }
 
+/// The table rows of a host-vs-native comparison (`runs` from [`compare`]),
+/// and their ratio.
+fn host_vs_native(rows: &mut Vec<String>, ratios: &mut Vec<String>, scenario: &str, runs: &[Run]) {
+    rows.push(runs[0].row(scenario, "rentcar-host"));
+    rows.push(runs[1].row(scenario, "native axum"));
+    ratios.push(format!("{scenario}: host/native {:.2}", runs[0].rps / runs[1].rps));
+}
+
 fn oha(url: &str, extra: &[&str]) -> anyhow::Result<Run> {
     oha_with(url, extra, CONNECTIONS)
 }
@@ -265,21 +273,15 @@ async fn main() -> anyhow::Result<()> {
         pings.push((format!("{}/", serve.base), Vec::new()));
     }
     let runs = compare(&pings, CONNECTIONS)?;
-    let (host_ping, native_ping) = (&runs[0], &runs[1]);
-    rows.push(host_ping.row("1 GET /ping", "rentcar-host"));
-    rows.push(native_ping.row("1 GET /ping", "native axum"));
-    ratios.push(format!(
-        "scenario 1 host/native: {:.2}",
-        host_ping.rps / native_ping.rps
-    ));
+    host_vs_native(&mut rows, &mut ratios, "1 GET /ping", &runs);
     if let Some(serve_ping) = runs.get(2) {
         rows.push(serve_ping.row("1 GET /ping", "wasmtime serve"));
         ratios.push(format!(
-            "scenario 1 host/wasmtime-serve: {:.2}",
-            host_ping.rps / serve_ping.rps
+            "1 GET /ping: host/wasmtime-serve {:.2}",
+            runs[0].rps / serve_ping.rps
         ));
     } else {
-        ratios.push("scenario 1 host/wasmtime-serve: not measured (wasmtime not installed)".into());
+        ratios.push("1 GET /ping: host/wasmtime-serve not measured (wasmtime not installed)".into());
     }
     let metrics = client
         .get(format!("{}/metrics", host.base))
@@ -305,13 +307,7 @@ async fn main() -> anyhow::Result<()> {
         ],
         CONNECTIONS,
     )?;
-    let (host_read, native_read) = (&runs[0], &runs[1]);
-    rows.push(host_read.row("2 GET /availability", "rentcar-host"));
-    rows.push(native_read.row("2 GET /availability", "native axum"));
-    ratios.push(format!(
-        "scenario 2 host/native: {:.2}",
-        host_read.rps / native_read.rps
-    ));
+    host_vs_native(&mut rows, &mut ratios, "2 GET /availability", &runs);
 
     // 3. Orders.
     let order = |car: u64| json!({ "carId": car, "qty": 1, "customer": "bench" }).to_string();
@@ -327,47 +323,23 @@ async fn main() -> anyhow::Result<()> {
         (format!("{}/orders", native.base), post(&order(cars[10]))),
     ];
     let runs = compare(&orders, CONNECTIONS)?;
-    let (host_orders, native_orders) = (&runs[0], &runs[1]);
-    rows.push(host_orders.row("3 POST /orders", "rentcar-host"));
-    rows.push(native_orders.row("3 POST /orders", "native axum"));
-    ratios.push(format!(
-        "scenario 3 host/native: {:.2}",
-        host_orders.rps / native_orders.rps
-    ));
+    host_vs_native(&mut rows, &mut ratios, "3 POST /orders", &runs);
     // The request path alone, on a host whose components subscribe to
     // nothing: what the native baseline does (it processes no events).
     {
         let bare = Host::start_with(&bench_config(dir.path(), false)?, &dir.path().join("bare"))?;
-        let car = client
-            .post(format!("{}/cars", bare.base))
-            .json(&json!({ "name": "Bare", "stock": 1_000_000 }))
-            .send()
-            .await?
-            .json::<Value>()
-            .await?["id"]
-            .as_u64()
-            .context("car id")?;
+        let car = bare.car("Bare", 1_000_000).await?;
         let runs = compare(
             &[(format!("{}/orders", bare.base), post(&order(car))), orders[1].clone()],
             CONNECTIONS,
         )?;
-        let bare_row = "3 POST /orders, no subscribers (request path only)";
-        rows.push(runs[0].row(bare_row, "rentcar-host"));
-        rows.push(runs[1].row(bare_row, "native axum"));
-        ratios.push(format!(
-            "scenario 3 host/native, request path only: {:.2}",
-            runs[0].rps / runs[1].rps
-        ));
+        let scenario = "3 POST /orders, no subscribers (request path only)";
+        host_vs_native(&mut rows, &mut ratios, scenario, &runs);
     }
     // The same with fewer connections: latency rather than throughput bound.
     let runs = compare(&orders, FEW_CONNECTIONS)?;
-    let few = format!("3 POST /orders, {FEW_CONNECTIONS} connections");
-    rows.push(runs[0].row(&few, "rentcar-host"));
-    rows.push(runs[1].row(&few, "native axum"));
-    ratios.push(format!(
-        "scenario 3 host/native, {FEW_CONNECTIONS} connections: {:.2}",
-        runs[0].rps / runs[1].rps
-    ));
+    let scenario = format!("3 POST /orders, {FEW_CONNECTIONS} connections");
+    host_vs_native(&mut rows, &mut ratios, &scenario, &runs);
 
     // Let the events of scenario 3 drain before measuring latency.
     harness::eventually("the view to catch up", Duration::from_secs(120), || async {
