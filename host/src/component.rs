@@ -228,16 +228,19 @@ impl Loaded {
         let mut delivered = Delivered::default();
         for &(event, request_id) in events {
             let txn = &mut store.data_mut().txn;
-            let seen = txn
+            txn.savepoint().await?;
+            // The inbox row goes in first, and goes with the event's effect
+            // if the handler fails: a row already there means applied.
+            let fresh = txn
                 .conn()
                 .await?
-                .prepare_cached("SELECT 1 FROM _rc_inbox WHERE event_id = ?")?
-                .exists([&event.id])?;
-            if seen {
+                .prepare_cached("INSERT OR IGNORE INTO _rc_inbox (event_id, received_at) VALUES (?, ?)")?
+                .execute(rusqlite::params![event.id, crate::delivery::now_ms()])?;
+            if fresh == 0 {
+                txn.release()?;
                 delivered.applied += 1;
                 continue;
             }
-            txn.savepoint().await?;
             let invocation = store.data_mut();
             invocation.request_id = request_id.map(str::to_string);
             invocation.deadline = Instant::now() + self.slot.limits.timeout();
@@ -266,8 +269,7 @@ impl Loaded {
         Ok(delivered)
     }
 
-    /// One event, with its inbox row, in the run's instance (made on first
-    /// use).
+    /// One event, in the run's instance (made on first use).
     async fn handle(
         &self,
         store: &mut Store<Invocation>,
@@ -285,15 +287,7 @@ impl Loaded {
         handler
             .call_handle(&mut *store, event)
             .await?
-            .map_err(|message| anyhow!("handler failed: {message}"))?;
-        store
-            .data_mut()
-            .txn
-            .conn()
-            .await?
-            .prepare_cached("INSERT INTO _rc_inbox (event_id, received_at) VALUES (?, ?)")?
-            .execute(rusqlite::params![event.id, crate::delivery::now_ms()])?;
-        Ok(())
+            .map_err(|message| anyhow!("handler failed: {message}"))
     }
 }
 

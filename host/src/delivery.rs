@@ -5,11 +5,14 @@
 //!   in outbox order, then deletes them. A crash between the two appends the
 //!   batch again, which the log ignores by event id.
 //! - One dispatcher per subscription (component, topic) reads the log from
-//!   the consumer's position in batches. A batch is split into partitions by
-//!   a hash of the event key; partitions are delivered in parallel, each in
-//!   log order, so events with one key keep their order. A failed delivery
-//!   is retried with exponential backoff; after `max_attempts` the event
-//!   goes to the dead letters and its partition moves on. The position is
+//!   the consumer's position in batches. A batch is delivered in log order,
+//!   in runs of events that share one transaction and one instance. From a
+//!   failed event on, the rest of the batch is split into partitions by a
+//!   hash of the event key, delivered in parallel, each in log order, so
+//!   events with one key keep their order and one key's retries hold up no
+//!   other partition. A failed delivery is retried with exponential
+//!   backoff; after `max_attempts` the event goes to the dead letters and
+//!   its partition moves on. The position is
 //!   saved after each batch, up to the last event before which everything
 //!   was delivered; the consumer's inbox makes a redelivery harmless.
 //! - Retention deletes events every consumer is past, beyond the configured
@@ -336,22 +339,35 @@ impl Dispatcher {
                 return false;
             }
         };
-        let mut partitions: BTreeMap<u64, Vec<&(u64, Envelope)>> = BTreeMap::new();
         // Events of types the consumer does not want are done at once.
-        let mut skipped = Vec::new();
-        for entry in &batch {
-            if !self.subscription.wants(&entry.1.event_type) {
-                skipped.push(entry.0);
-                continue;
+        let (wanted, skipped): (Vec<_>, Vec<_>) = batch
+            .iter()
+            .partition(|entry| self.subscription.wants(&entry.1.event_type));
+        // While all goes well the whole batch goes in runs, in log order
+        // (so each key's events keep their order): one transaction per run
+        // whatever the partitions. From a failed event on, partitions go
+        // their own ways, so that one key's retries hold up only its own.
+        let (mut done, failure) = self.runs(&wanted).await;
+        let rest = &wanted[done.len()..];
+        if let Some((_, failed)) = rest.first() {
+            let failed = partition(&failed.key, self.settings.partitions);
+            let mut partitions: BTreeMap<u64, Vec<&(u64, Envelope)>> = BTreeMap::new();
+            for &entry in rest {
+                partitions
+                    .entry(partition(&entry.1.key, self.settings.partitions))
+                    .or_default()
+                    .push(entry);
             }
-            partitions
-                .entry(partition(&entry.1.key, self.settings.partitions))
-                .or_default()
-                .push(entry);
+            let mut failure = failure;
+            // Each partition returns the positions it finished.
+            let finished = join_all(partitions.into_iter().map(|(at, events)| {
+                let failure = if at == failed { failure.take() } else { None };
+                self.partition(events, failure)
+            }))
+            .await;
+            done.extend(finished.into_iter().flatten());
         }
-        // Each partition returns the positions it finished.
-        let finished = join_all(partitions.into_values().map(|events| self.partition(events))).await;
-        let mut done: Vec<u64> = finished.into_iter().flatten().chain(skipped).collect();
+        done.extend(skipped.iter().map(|(at, _)| *at));
         done.sort_unstable();
         // Everything up to the first gap is delivered.
         let reached = batch
@@ -367,17 +383,14 @@ impl Dispatcher {
         done.len() == batch.len()
     }
 
-    /// Delivers one partition's events in order, in runs of up to `RUN`
-    /// events per transaction; an event that fails in a run goes on alone,
-    /// with retries. Returns the positions delivered.
-    async fn partition(&self, events: Vec<&(u64, Envelope)>) -> Vec<u64> {
-        let mut done = Vec::new();
-        let mut rest = &events[..];
-        while !rest.is_empty() {
+    /// Delivers events in order, in runs of up to `RUN` per transaction,
+    /// until one fails; returns the positions delivered and the failure.
+    async fn runs(&self, events: &[&(u64, Envelope)]) -> (Vec<u64>, Option<anyhow::Error>) {
+        let mut done = Vec::with_capacity(events.len());
+        for run in events.chunks(RUN) {
             let Some(loaded) = self.registry.get(&self.consumer) else {
                 break;
             };
-            let run = &rest[..rest.len().min(RUN)];
             let envelopes: Vec<&Envelope> = run.iter().map(|(_, envelope)| envelope).collect();
             let delivered = deliver_run(&loaded, &envelopes).await.unwrap_or_else(|err| Delivered {
                 applied: 0,
@@ -389,16 +402,36 @@ impl Dispatcher {
                     .update(&self.consumer, &self.topic, |s| s.delivered += delivered.applied as u64);
             }
             done.extend(run[..delivered.applied].iter().map(|(at, _)| *at));
-            rest = &rest[delivered.applied..];
-            let Some(failure) = delivered.failed else {
-                continue;
-            };
-            let (at, envelope) = rest[0];
-            match self.deliver(*at, envelope, failure).await {
-                Outcome::Done => done.push(*at),
-                Outcome::Interrupted => break,
+            if delivered.failed.is_some() {
+                return (done, delivered.failed);
             }
-            rest = &rest[1..];
+        }
+        (done, None)
+    }
+
+    /// Delivers one partition's events in order: in runs, except that an
+    /// event that fails goes on alone, with retries (its first attempt is
+    /// `failure`, when the partition starts with a failed event). Returns
+    /// the positions delivered.
+    async fn partition(&self, events: Vec<&(u64, Envelope)>, mut failure: Option<anyhow::Error>) -> Vec<u64> {
+        let mut done = Vec::new();
+        let mut rest = &events[..];
+        while let Some(&&(at, ref envelope)) = rest.first() {
+            if let Some(failure) = failure.take() {
+                match self.deliver(at, envelope, failure).await {
+                    Outcome::Done => done.push(at),
+                    Outcome::Interrupted => break,
+                }
+                rest = &rest[1..];
+                continue;
+            }
+            let (delivered, failed) = self.runs(rest).await;
+            if failed.is_none() && delivered.len() < rest.len() {
+                break; // the consumer was stopped
+            }
+            rest = &rest[delivered.len()..];
+            done.extend(delivered);
+            failure = failed;
         }
         done
     }
