@@ -106,7 +106,9 @@ impl SqliteBus {
     pub fn open(path: &Path) -> anyhow::Result<SqliteBus> {
         let conn = Connection::open(path).with_context(|| format!("failed to open event log {}", path.display()))?;
         conn.execute_batch(
-            "PRAGMA locking_mode = EXCLUSIVE;
+            // 1 KiB pages, like the component databases (see `database`).
+            "PRAGMA page_size = 1024;
+             PRAGMA locking_mode = EXCLUSIVE;
              PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
              CREATE TABLE IF NOT EXISTS events (

@@ -9,6 +9,12 @@
 //! they are short, and in WAL mode with `synchronous=NORMAL` a commit does
 //! not wait for the disk.
 //!
+//! New databases use 1 KiB pages instead of SQLite's 4 KiB: a commit writes
+//! every page it touched to the write-ahead log, and a small transaction
+//! (an order, a payment, an event) touches a handful of pages, so the log,
+//! the checkpoints and their `fsync`s shrink about fourfold (the figures are
+//! in BENCHMARKS.md). A database created before keeps its page size.
+//!
 //! The connection runs in exclusive locking mode: it takes the file lock once
 //! and keeps it, so no transaction pays for `fcntl` locks or a shared-memory
 //! index, and a second host pointed at the same data directory is refused
@@ -67,7 +73,8 @@ impl Database {
     pub fn open(path: &Path) -> anyhow::Result<Database> {
         let conn = Connection::open(path).with_context(|| format!("failed to open database {}", path.display()))?;
         conn.execute_batch(
-            "PRAGMA locking_mode = EXCLUSIVE;
+            "PRAGMA page_size = 1024;
+             PRAGMA locking_mode = EXCLUSIVE;
              PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
              PRAGMA foreign_keys = ON;",
@@ -282,6 +289,16 @@ impl Drop for Transaction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_databases_use_small_pages() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let db = Database::open(&dir.path().join("a.db"))?;
+        let conn = db.conn.try_lock()?;
+        let page_size: u32 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        assert_eq!(page_size, 1024);
+        Ok(())
+    }
 
     #[tokio::test]
     async fn guests_cannot_escape_their_database() -> anyhow::Result<()> {

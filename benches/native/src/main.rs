@@ -1,6 +1,6 @@
 //! The native ceiling of `cargo xtask bench`: the same work as the rentcar
 //! components, as a plain axum + rusqlite program. Each context keeps its
-//! own SQLite database (WAL, `synchronous=NORMAL`, like the host), behind an
+//! own SQLite database (WAL, `synchronous=NORMAL`, 1 KiB pages, like the host), behind an
 //! async mutex held for the whole transaction (like the host), and
 //! `POST /orders` pays in-process with the same statements as payment and
 //! order, outbox row included.
@@ -29,7 +29,7 @@ struct Dbs {
 
 fn open(path: PathBuf, schema: &str) -> anyhow::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+    conn.execute_batch("PRAGMA page_size = 1024; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
     conn.execute_batch(schema)?;
     Ok(conn)
 }
