@@ -5,6 +5,7 @@
 //! it; the relay appends to it and the dispatchers read from it. The embedded
 //! backend, [`SqliteBus`], keeps the log in one SQLite file (`bus.db`).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -83,8 +84,8 @@ pub trait EventBus: Send + Sync + 'static {
     /// Where `consumer` stands in `topic`: everything up to it is delivered.
     async fn position(&self, consumer: &str, topic: &str) -> anyhow::Result<u64>;
     async fn commit(&self, consumer: &str, topic: &str, position: u64) -> anyhow::Result<()>;
-    /// Changes whenever events are appended.
-    fn watch(&self) -> watch::Receiver<u64>;
+    /// Changes whenever events of `topic` are appended.
+    fn watch(&self, topic: &str) -> watch::Receiver<u64>;
     /// What the log holds of `topic` relative to a consumer at `position`.
     async fn topic_stats(&self, topic: &str, position: u64) -> anyhow::Result<TopicStats>;
     async fn add_dead_letter(&self, letter: &DeadLetter) -> anyhow::Result<()>;
@@ -99,7 +100,9 @@ pub trait EventBus: Send + Sync + 'static {
 
 pub struct SqliteBus {
     conn: Mutex<Connection>,
-    appended: watch::Sender<u64>,
+    /// Per topic, the last position appended (once someone watches it), so
+    /// that an append wakes only the dispatchers of its topic.
+    appended: Mutex<HashMap<String, watch::Sender<u64>>>,
 }
 
 impl SqliteBus {
@@ -150,10 +153,9 @@ impl SqliteBus {
         .map_err(|err| crate::database::in_use(err, path))
         .with_context(|| format!("failed to prepare event log {}", path.display()))?;
         crate::database::stable_plans(&conn)?;
-        let last: u64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| row.get(0))?;
         Ok(SqliteBus {
             conn: Mutex::new(conn),
-            appended: watch::Sender::new(last),
+            appended: Mutex::default(),
         })
     }
 
@@ -199,7 +201,14 @@ impl EventBus for SqliteBus {
             }
             appended
         })?;
-        self.appended.send_replace(last);
+        let watched = self.appended.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for event in events {
+            if let Some(sender) = watched.get(&event.topic)
+                && *sender.borrow() != last
+            {
+                sender.send_replace(last);
+            }
+        }
         Ok(())
     }
 
@@ -249,8 +258,12 @@ impl EventBus for SqliteBus {
         })
     }
 
-    fn watch(&self) -> watch::Receiver<u64> {
-        self.appended.subscribe()
+    fn watch(&self, topic: &str) -> watch::Receiver<u64> {
+        let mut watched = self.appended.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        watched
+            .entry(topic.to_string())
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe()
     }
 
     async fn topic_stats(&self, topic: &str, position: u64) -> anyhow::Result<TopicStats> {
@@ -388,15 +401,26 @@ mod tests {
     async fn appends_once_and_reads_by_topic() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let bus = SqliteBus::open(&dir.path().join("bus.db"))?;
+        let (mut t, mut u) = (bus.watch("t"), bus.watch("u"));
         bus.append(&[event("a", "t"), event("b", "u"), event("c", "t")]).await?;
-        bus.append(&[event("c", "t")]).await?;
+        assert!(t.has_changed()? && u.has_changed()?);
+        t.borrow_and_update();
+        u.borrow_and_update();
+        bus.append(&[event("d", "t")]).await?;
+        // Only the dispatchers of the appended topic wake up.
+        assert!(t.has_changed()? && !u.has_changed()?);
         let read = bus.read("t", 0, 10).await?;
-        assert_eq!(read.iter().map(|(_, e)| e.id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
-        assert_eq!(bus.read("t", read[0].0, 10).await?.len(), 1);
+        assert_eq!(
+            read.iter().map(|(_, e)| e.id.as_str()).collect::<Vec<_>>(),
+            ["a", "c", "d"]
+        );
+        assert_eq!(bus.read("t", read[0].0, 10).await?.len(), 2);
+        // An event id already in the log is not appended again.
+        bus.append(&[event("c", "t")]).await?;
+        assert_eq!(bus.read("t", 0, 10).await?.len(), 3);
         assert_eq!(bus.position("view", "t").await?, 0);
         bus.commit("view", "t", 3).await?;
         assert_eq!(bus.position("view", "t").await?, 3);
-        assert_eq!(*bus.watch().borrow(), 3);
         Ok(())
     }
 }

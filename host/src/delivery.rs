@@ -254,7 +254,7 @@ impl Dispatcher {
         let slot = loaded.slot.clone();
         let mut resets = slot.resets.subscribe();
         let mut reset_seen = *resets.borrow();
-        let mut appended = self.bus.watch();
+        let mut appended = self.bus.watch(&self.topic);
         let mut changes = self.registry.changes();
         let mut cursor = Cursor::default();
         tracing::info!("dispatcher started");
