@@ -461,7 +461,15 @@ impl Dispatcher {
                 }
                 Err(err) => format!("{err:#}"),
             };
-            span.in_scope(|| tracing::warn!(event = %envelope.id, attempt, cause = %error, "delivery failed"));
+            // A first failure is often a race the retry settles (an event
+            // that overtook its order's commit): a warning only if it lasts.
+            span.in_scope(|| {
+                if attempt == 1 {
+                    tracing::info!(event = %envelope.id, attempt, cause = %error, "delivery failed; retrying");
+                } else {
+                    tracing::warn!(event = %envelope.id, attempt, cause = %error, "delivery failed; retrying");
+                }
+            });
             self.stats.update(&self.consumer, &self.topic, |s| {
                 s.last_error = Some(error.clone());
                 s.last_error_at = Some(now_ms());
