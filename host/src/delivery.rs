@@ -10,11 +10,12 @@
 //!   failed event on, the rest of the batch is split into partitions by a
 //!   hash of the event key, delivered in parallel, each in log order, so
 //!   events with one key keep their order and one key's retries hold up no
-//!   other partition. A failed delivery is retried with exponential
-//!   backoff; after `max_attempts` the event goes to the dead letters and
-//!   its partition moves on. The position is
-//!   saved after each batch, up to the last event before which everything
-//!   was delivered; the consumer's inbox makes a redelivery harmless.
+//!   other partition of the batch (the next batch waits for all of them).
+//!   A failed delivery is retried with exponential backoff; after
+//!   `max_attempts` the event goes to the dead letters and its partition
+//!   moves on. The position is saved (at most every `SAVE_EVERY`) up to the
+//!   last event before which everything was delivered; the consumer's
+//!   inbox makes a redelivery harmless.
 //! - Retention deletes events every consumer is past, beyond the configured
 //!   age or count.
 
@@ -346,11 +347,12 @@ impl Dispatcher {
         // While all goes well the whole batch goes in runs, in log order
         // (so each key's events keep their order): one transaction per run
         // whatever the partitions. From a failed event on, partitions go
-        // their own ways, so that one key's retries hold up only its own.
-        let (mut done, failure) = self.runs(&wanted).await;
+        // their own ways, so that one key's retries hold up only its own
+        // partition of the batch.
+        let (mut done, mut failure) = self.runs(&wanted).await;
         let rest = &wanted[done.len()..];
-        if let Some((_, failed)) = rest.first() {
-            let failed = partition(&failed.key, self.settings.partitions);
+        if let Some((_, first)) = rest.first() {
+            let failed = partition(&first.key, self.settings.partitions);
             let mut partitions: BTreeMap<u64, Vec<&(u64, Envelope)>> = BTreeMap::new();
             for &entry in rest {
                 partitions
@@ -358,8 +360,8 @@ impl Dispatcher {
                     .or_default()
                     .push(entry);
             }
-            let mut failure = failure;
-            // Each partition returns the positions it finished.
+            // Each partition returns the positions it finished; the failed
+            // event's partition starts with its failure.
             let finished = join_all(partitions.into_iter().map(|(at, events)| {
                 let failure = if at == failed { failure.take() } else { None };
                 self.partition(events, failure)
