@@ -229,14 +229,14 @@ impl Loaded {
         for &(event, request_id) in events {
             let txn = &mut store.data_mut().txn;
             txn.savepoint().await?;
-            // The inbox row goes in first, and goes with the event's effect
-            // if the handler fails: a row already there means applied.
-            let fresh = txn
+            // The inbox row goes in first and is rolled back with the
+            // effect if the handler fails: a row already there means applied.
+            let inserted = txn
                 .conn()
                 .await?
                 .prepare_cached("INSERT OR IGNORE INTO _rc_inbox (event_id, received_at) VALUES (?, ?)")?
                 .execute(rusqlite::params![event.id, crate::delivery::now_ms()])?;
-            if fresh == 0 {
+            if inserted == 0 {
                 txn.release()?;
                 delivered.applied += 1;
                 continue;

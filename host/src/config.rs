@@ -49,8 +49,10 @@ pub struct Delivery {
     /// Wait after the first failed attempt; doubles up to `max_backoff_ms`.
     pub backoff_ms: u64,
     pub max_backoff_ms: u64,
-    /// Partitions per subscription: events are split by a hash of their key
-    /// and partitions are delivered in parallel, in order within each.
+    /// Partitions per subscription: from a failed event on, the rest of a
+    /// batch is split by a hash of the event key and the partitions are
+    /// delivered in parallel, in order within each (until then a batch
+    /// goes in log order, in runs).
     pub partitions: u32,
     /// Delivered events older than this are deleted from the log (0: keep).
     pub retention_hours: u64,

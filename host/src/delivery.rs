@@ -349,10 +349,12 @@ impl Dispatcher {
         // whatever the partitions. From a failed event on, partitions go
         // their own ways, so that one key's retries hold up only its own
         // partition of the batch.
-        let (mut done, mut failure) = self.runs(&wanted).await;
+        let (mut done, failure) = self.runs(&wanted).await;
         let rest = &wanted[done.len()..];
-        if let Some((_, first)) = rest.first() {
-            let failed = partition(&first.key, self.settings.partitions);
+        // (Events left without a failure: the consumer was stopped.)
+        if let (Some((_, first)), Some(failure)) = (rest.first(), failure) {
+            let failed_partition = partition(&first.key, self.settings.partitions);
+            let mut failure = Some(failure);
             let mut partitions: BTreeMap<u64, Vec<&(u64, Envelope)>> = BTreeMap::new();
             for &entry in rest {
                 partitions
@@ -362,8 +364,12 @@ impl Dispatcher {
             }
             // Each partition returns the positions it finished; the failed
             // event's partition starts with its failure.
-            let finished = join_all(partitions.into_iter().map(|(at, events)| {
-                let failure = if at == failed { failure.take() } else { None };
+            let finished = join_all(partitions.into_iter().map(|(index, events)| {
+                let failure = if index == failed_partition {
+                    failure.take()
+                } else {
+                    None
+                };
                 self.partition(events, failure)
             }))
             .await;
@@ -387,6 +393,8 @@ impl Dispatcher {
 
     /// Delivers events in order, in runs of up to `RUN` per transaction,
     /// until one fails; returns the positions delivered and the failure.
+    /// Fewer positions than events and no failure: the consumer was
+    /// stopped.
     async fn runs(&self, events: &[&(u64, Envelope)]) -> (Vec<u64>, Option<anyhow::Error>) {
         let mut done = Vec::with_capacity(events.len());
         for run in events.chunks(RUN) {
@@ -428,11 +436,12 @@ impl Dispatcher {
                 continue;
             }
             let (delivered, failed) = self.runs(rest).await;
-            if failed.is_none() && delivered.len() < rest.len() {
-                break; // the consumer was stopped
-            }
+            let stopped = failed.is_none() && delivered.len() < rest.len();
             rest = &rest[delivered.len()..];
             done.extend(delivered);
+            if stopped {
+                break;
+            }
             failure = failed;
         }
         done
@@ -465,8 +474,11 @@ impl Dispatcher {
             };
             // A first failure is often a race the retry settles (an event
             // that overtook its order's commit): a warning only if it lasts.
+            let last = attempt >= self.settings.max_attempts;
             span.in_scope(|| {
-                if attempt == 1 {
+                if last {
+                    tracing::warn!(event = %envelope.id, attempt, cause = %error, "delivery failed");
+                } else if attempt == 1 {
                     tracing::info!(event = %envelope.id, attempt, cause = %error, "delivery failed; retrying");
                 } else {
                     tracing::warn!(event = %envelope.id, attempt, cause = %error, "delivery failed; retrying");
@@ -477,7 +489,7 @@ impl Dispatcher {
                 s.last_error_at = Some(now_ms());
             });
             telemetry::record_deliveries(&self.consumer, &self.topic, "failed", 1);
-            if attempt >= self.settings.max_attempts {
+            if last {
                 return self.dead_letter(at, envelope, attempt, error).await;
             }
             tokio::select! {
