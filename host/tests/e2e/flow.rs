@@ -209,11 +209,7 @@ async fn concurrent_orders_with_one_idempotency_key_place_one_order() -> anyhow:
     let client = reqwest::Client::new();
     // Slow payment calls, so that every request passes the idempotency
     // check before the first one places its order.
-    let fault = client
-        .put(format!("{}/admin/faults/payment", host.base))
-        .bearer_auth(crate::harness::TOKEN)
-        .json(&json!({ "delayMs": 400 }));
-    assert_eq!(host.send(fault).await?.0, 200);
+    assert_eq!(host.fault("payment", json!({ "delayMs": 400 })).await?.0, 200);
     let attempts = (0..8).map(|_| {
         let request = client
             .post(format!("{}/orders", host.base))
@@ -259,11 +255,7 @@ async fn an_order_whose_client_hung_up_is_still_placed() -> anyhow::Result<()> {
     let host = Host::start(dir.path())?;
     let car_id = host.car("Casper", 2).await?;
     let client = reqwest::Client::new();
-    let fault = client
-        .put(format!("{}/admin/faults/payment", host.base))
-        .bearer_auth(crate::harness::TOKEN)
-        .json(&json!({ "delayMs": 1500 }));
-    assert_eq!(host.send(fault).await?.0, 200);
+    assert_eq!(host.fault("payment", json!({ "delayMs": 1500 })).await?.0, 200);
 
     // The client gives up while payment is still being called.
     let hung_up = client

@@ -201,6 +201,18 @@ impl Host {
         .await
     }
 
+    /// Injects `fault` into calls and requests of `component`
+    /// (`PUT /admin/faults/{component}`).
+    pub async fn fault(&self, component: &str, fault: Value) -> anyhow::Result<(u16, Value)> {
+        self.send(
+            self.client
+                .put(format!("{}/admin/faults/{component}", self.base))
+                .bearer_auth(TOKEN)
+                .json(&fault),
+        )
+        .await
+    }
+
     pub async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
         let response = request.send().await?;
         let status = response.status().as_u16();

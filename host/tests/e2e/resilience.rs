@@ -81,14 +81,7 @@ async fn injected_delay_opens_the_circuit_and_removing_it_closes_it() -> anyhow:
     let dir = tempfile::tempdir()?;
     let host = Host::start(dir.path())?;
     let car = host.car("Staria", 100_000).await?;
-    let (status, body) = host
-        .send(
-            reqwest::Client::new()
-                .put(format!("{}/admin/faults/payment", host.base))
-                .bearer_auth(crate::harness::TOKEN)
-                .json(&json!({ "delayMs": 800 })),
-        )
-        .await?;
+    let (status, body) = host.fault("payment", json!({ "delayMs": 800 })).await?;
     assert_eq!(status, 200, "{body}");
 
     // 24 clients, each ordering for a few seconds.
@@ -168,13 +161,7 @@ async fn aborts_fail_calls_and_requests_at_once() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let host = Host::start(dir.path())?;
     let car = host.car("Bongo", 10).await?;
-    let put = |body: Value, component: &str| {
-        reqwest::Client::new()
-            .put(format!("{}/admin/faults/{component}", host.base))
-            .bearer_auth(crate::harness::TOKEN)
-            .json(&body)
-    };
-    let (status, _) = host.send(put(json!({ "abortPercent": 100 }), "payment")).await?;
+    let (status, _) = host.fault("payment", json!({ "abortPercent": 100 })).await?;
     assert_eq!(status, 200);
     let (status, body) = host
         .post("/orders", json!({ "carId": car, "qty": 1, "customer": "a" }))
@@ -193,11 +180,11 @@ async fn aborts_fail_calls_and_requests_at_once() -> anyhow::Result<()> {
     let (_, faults) = host.admin(Method::GET, "/admin/faults").await?;
     assert_eq!(faults["payment"]["abortPercent"], 100);
 
-    let (status, _) = host.send(put(json!({ "abortPercent": 101 }), "payment")).await?;
+    let (status, _) = host.fault("payment", json!({ "abortPercent": 101 })).await?;
     assert_eq!(status, 400);
-    let (status, _) = host.send(put(json!({ "delay": 1 }), "payment")).await?;
+    let (status, _) = host.fault("payment", json!({ "delay": 1 })).await?;
     assert_eq!(status, 400, "unknown fields are refused");
-    let (status, _) = host.send(put(json!({}), "nobody")).await?;
+    let (status, _) = host.fault("nobody", json!({})).await?;
     assert_eq!(status, 404);
 
     host.admin(Method::DELETE, "/admin/faults/payment").await?;
@@ -218,11 +205,7 @@ async fn idempotent_calls_are_retried_and_others_are_not() -> anyhow::Result<()>
     assert_eq!(status, 200, "{payment}");
     assert_eq!(payment["status"], "APPROVED");
 
-    let fault = reqwest::Client::new()
-        .put(format!("{}/admin/faults/payment", host.base))
-        .bearer_auth(crate::harness::TOKEN)
-        .json(&json!({ "abortPercent": 100 }));
-    host.send(fault).await?;
+    host.fault("payment", json!({ "abortPercent": 100 })).await?;
     let (status, body) = host.get(&path).await?;
     assert_eq!(
         (status, body["error"].as_str()),
