@@ -21,6 +21,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Mutex;
 
+/// The same allocator as the host.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Dbs {
     order: Mutex<Connection>,
     payment: Mutex<Connection>,
@@ -54,8 +58,7 @@ async fn main() -> anyhow::Result<()> {
         )?),
         payment: Mutex::new(open(
             dir.join("payment.db"),
-            "CREATE TABLE IF NOT EXISTS payments (id INTEGER PRIMARY KEY AUTOINCREMENT, order_id INTEGER NOT NULL,
-                car_id INTEGER NOT NULL, qty INTEGER NOT NULL, customer TEXT NOT NULL, status TEXT NOT NULL);
+            "CREATE TABLE IF NOT EXISTS payments (id INTEGER PRIMARY KEY AUTOINCREMENT, car_id INTEGER NOT NULL, qty INTEGER NOT NULL, customer TEXT NOT NULL, status TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS _rc_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL,
                 topic TEXT NOT NULL, key TEXT NOT NULL, type TEXT NOT NULL, time INTEGER NOT NULL,
                 schema_version INTEGER NOT NULL, payload TEXT NOT NULL, request_id TEXT);",
@@ -167,14 +170,9 @@ async fn order(State(dbs): State<Arc<Dbs>>, Json(new): Json<NewOrder>) -> Respon
         let paid: rusqlite::Result<i64> = (|| {
             payment.execute_batch("BEGIN")?;
             payment
-                .prepare_cached(
-                    "INSERT INTO payments (order_id, car_id, qty, customer, status) VALUES (0, ?, ?, ?, 'APPROVED')",
-                )?
+                .prepare_cached("INSERT INTO payments (car_id, qty, customer, status) VALUES (?, ?, ?, 'APPROVED')")?
                 .execute(params![new.car_id, new.qty, new.customer])?;
             let id = payment.last_insert_rowid();
-            payment
-                .prepare_cached("UPDATE payments SET order_id = id WHERE id = ?")?
-                .execute([id])?;
             let payload = json!({ "id": id, "orderId": id, "carId": new.car_id, "qty": new.qty,
                                   "customer": new.customer, "status": "APPROVED" })
             .to_string();

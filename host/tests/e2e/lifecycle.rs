@@ -43,6 +43,51 @@ async fn restart_keeps_data_and_resumes_delivery() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A payment database from before payment dropped its `order_id` column
+/// (the order id is the payment's own id) is migrated at start-up, and
+/// what it held is still there.
+#[tokio::test]
+async fn payments_of_an_older_schema_are_migrated() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let old = rusqlite::Connection::open(dir.path().join("payment.db"))?;
+        old.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY);
+             INSERT INTO schema_migrations (version) VALUES (1), (2);
+             CREATE TABLE payments (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 order_id INTEGER NOT NULL,
+                 car_id INTEGER NOT NULL,
+                 qty INTEGER NOT NULL,
+                 customer TEXT NOT NULL,
+                 status TEXT NOT NULL
+             );
+             CREATE INDEX payments_by_order ON payments (order_id);
+             INSERT INTO payments VALUES (7, 7, 1, 2, 'kim', 'CANCELLED');",
+        )?;
+    }
+    let host = Host::start(dir.path())?;
+    let (status, payment) = host.get("/payments/7").await?;
+    assert_eq!(status, 200, "{payment}");
+    assert_eq!(
+        payment,
+        json!({ "id": 7, "orderId": 7, "carId": 1, "qty": 2, "customer": "kim", "status": "CANCELLED" })
+    );
+    let (_, listed) = host.get("/payments?orderId=7").await?;
+    assert_eq!(listed, json!([payment]));
+
+    // New payments go on from the old ones' ids.
+    let car_id = host.car("Avante", 3).await?;
+    let order = host.order(car_id, 1).await?;
+    assert_eq!(order["id"], 8, "{order}");
+    let (_, paid) = host.get("/payments/8").await?;
+    assert_eq!(
+        (paid["orderId"].clone(), paid["status"].clone()),
+        (json!(8), json!("APPROVED"))
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn sigterm_drains_and_exits_cleanly() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
