@@ -54,6 +54,10 @@ pub struct Delivery {
     /// delivered in parallel, in order within each (until then a batch
     /// goes in log order, in runs).
     pub partitions: u32,
+    /// Under load, a relay or a dispatcher woken by new events starts its
+    /// next batch at most this often (ms), so that one transaction carries
+    /// many events; an idle one starts at once (0: never wait).
+    pub linger_ms: u64,
     /// Delivered events older than this are deleted from the log (0: keep).
     pub retention_hours: u64,
     /// At most this many delivered events are kept per topic (0: no limit).
@@ -69,6 +73,7 @@ impl Default for Delivery {
             backoff_ms: 50,
             max_backoff_ms: 5_000,
             partitions: 4,
+            linger_ms: 2,
             retention_hours: 24 * 7,
             retention_events: 1_000_000,
             retention_interval_ms: 60_000,
@@ -77,6 +82,10 @@ impl Default for Delivery {
 }
 
 impl Delivery {
+    pub fn linger(&self) -> Duration {
+        Duration::from_millis(self.linger_ms)
+    }
+
     pub fn backoff(&self) -> (Duration, Duration) {
         (
             Duration::from_millis(self.backoff_ms),

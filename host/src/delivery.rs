@@ -53,8 +53,9 @@ const RELAY_SWEEP: Duration = Duration::from_secs(1);
 pub fn start(runtime: &Runtime, token: &CancellationToken, tracker: &TaskTracker) {
     for loaded in runtime.registry.all() {
         let (slot, bus, token) = (loaded.slot.clone(), runtime.bus.clone(), token.clone());
+        let linger = runtime.config.delivery.linger();
         let span = tracing::info_span!("relay", component = %slot.name);
-        tracker.spawn(relay(slot, bus, token).instrument(span));
+        tracker.spawn(relay(slot, bus, linger, token).instrument(span));
     }
     for (name, settings) in &runtime.config.components {
         for subscription in &settings.subscribe {
@@ -91,9 +92,10 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn relay(slot: Arc<Slot>, bus: Arc<dyn EventBus>, token: CancellationToken) {
+async fn relay(slot: Arc<Slot>, bus: Arc<dyn EventBus>, linger: Duration, token: CancellationToken) {
     let mut pause = RELAY_SWEEP;
     let mut outbox = Outbox::default();
+    let mut pace = Pace::new(linger);
     loop {
         match outbox.drain(&slot, bus.as_ref()).await {
             Ok(()) => pause = RELAY_SWEEP,
@@ -104,7 +106,7 @@ async fn relay(slot: Arc<Slot>, bus: Arc<dyn EventBus>, token: CancellationToken
         }
         let pending = outbox.pending();
         tokio::select! {
-            _ = slot.relay.notified() => {}
+            _ = slot.relay.notified() => pace.wait().await,
             _ = tokio::time::sleep(pause) => {}
             _ = tokio::time::sleep(SAVE_EVERY), if pending => {}
             _ = token.cancelled() => {
@@ -114,6 +116,37 @@ async fn relay(slot: Arc<Slot>, bus: Arc<dyn EventBus>, token: CancellationToken
                 return;
             }
         }
+    }
+}
+
+/// Spaces the batches that wake-ups start at least `linger` apart, so that
+/// under load a batch carries the events of a whole `linger` instead of
+/// one commit's: fewer, larger transactions. The first wake-up after a
+/// quiet `linger` goes at once, so an idle system adds no latency.
+struct Pace {
+    linger: Duration,
+    last: Option<Instant>,
+}
+
+impl Pace {
+    fn new(linger: Duration) -> Pace {
+        Pace { linger, last: None }
+    }
+
+    /// Waits until the batch of a wake-up may start.
+    async fn wait(&mut self) {
+        let now = Instant::now();
+        let start = self.start(now);
+        if start > now {
+            tokio::time::sleep_until(start.into()).await;
+        }
+    }
+
+    /// When the batch of a wake-up at `now` starts.
+    fn start(&mut self, now: Instant) -> Instant {
+        let start = self.last.map_or(now, |last| now.max(last + self.linger));
+        self.last = Some(start);
+        start
     }
 }
 
@@ -258,6 +291,7 @@ impl Dispatcher {
         let mut appended = self.bus.watch(&self.topic);
         let mut changes = self.registry.changes();
         let mut cursor = Cursor::default();
+        let mut pace = Pace::new(self.settings.linger());
         tracing::info!("dispatcher started");
         loop {
             changes.borrow_and_update();
@@ -298,7 +332,7 @@ impl Dispatcher {
             }
             if !batch_done {
                 tokio::select! {
-                    _ = appended.changed(), if !stopped => {}
+                    _ = appended.changed(), if !stopped => pace.wait().await,
                     _ = changes.changed() => {}
                     _ = resets.changed() => {}
                     _ = tokio::time::sleep(self.settings.backoff().1), if !stopped => {}
@@ -619,7 +653,24 @@ async fn retention(
 
 #[cfg(test)]
 mod tests {
-    use super::partition;
+    use std::time::{Duration, Instant};
+
+    use super::{Pace, partition};
+
+    #[test]
+    fn batches_of_wake_ups_are_spaced_by_the_linger_and_an_idle_one_goes_at_once() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut pace = Pace::new(ms(2));
+        assert_eq!(pace.start(t0), t0, "the first wake-up");
+        assert_eq!(pace.start(t0 + ms(1)), t0 + ms(2), "one a millisecond later waits");
+        assert_eq!(pace.start(t0 + ms(2)), t0 + ms(4), "...and so does the next");
+        assert_eq!(pace.start(t0 + ms(10)), t0 + ms(10), "after a quiet linger, at once");
+
+        let mut never = Pace::new(Duration::ZERO);
+        assert_eq!(never.start(t0), t0);
+        assert_eq!(never.start(t0), t0);
+    }
 
     #[test]
     fn a_key_always_lands_in_the_same_partition() {
