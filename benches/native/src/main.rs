@@ -3,10 +3,13 @@
 //! own SQLite database (WAL, `synchronous=NORMAL`, 1 KiB pages, like the host), behind an
 //! async mutex held for the whole transaction (like the host), and
 //! `POST /orders` pays in-process with the same statements as payment and
-//! order, outbox row included.
+//! order, outbox row included. With `--events` it also does what the
+//! host's relays and consumers do with that outbox row (see `events`).
 //!
-//! `native-baseline --listen 127.0.0.1:0 --data-dir DIR` prints
+//! `native-baseline --listen 127.0.0.1:0 --data-dir DIR [--events]` prints
 //! `listening on http://ADDR` on stderr.
+
+mod events;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,7 +31,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Dbs {
     order: Mutex<Connection>,
     payment: Mutex<Connection>,
-    rentcar: Mutex<Connection>,
+    /// The availability `GET /availability` reads.
+    view: Mutex<Connection>,
+    /// With `--events`.
+    events: Option<events::Events>,
 }
 
 fn open(path: PathBuf, schema: &str) -> anyhow::Result<Connection> {
@@ -50,25 +56,38 @@ async fn main() -> anyhow::Result<()> {
     let listen = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
     let dir = PathBuf::from(flag("--data-dir").unwrap_or_else(|| "native-data".into()));
     std::fs::create_dir_all(&dir)?;
+    let with_events = args.iter().any(|a| a == "--events");
     let dbs = Arc::new(Dbs {
         order: Mutex::new(open(
             dir.join("order.db"),
-            "CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, car_id INTEGER NOT NULL, qty INTEGER NOT NULL,
-                customer TEXT NOT NULL, status TEXT NOT NULL, payment_id INTEGER NOT NULL, idempotency_key TEXT UNIQUE);",
+            &format!(
+                "CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, car_id INTEGER NOT NULL, qty INTEGER NOT NULL,
+                    customer TEXT NOT NULL, status TEXT NOT NULL, payment_id INTEGER NOT NULL, idempotency_key TEXT UNIQUE);
+                 {}",
+                events::INBOX
+            ),
         )?),
         payment: Mutex::new(open(
             dir.join("payment.db"),
-            "CREATE TABLE IF NOT EXISTS payments (id INTEGER PRIMARY KEY AUTOINCREMENT, car_id INTEGER NOT NULL, qty INTEGER NOT NULL, customer TEXT NOT NULL, status TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS _rc_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL,
-                topic TEXT NOT NULL, key TEXT NOT NULL, type TEXT NOT NULL, time INTEGER NOT NULL,
-                schema_version INTEGER NOT NULL, payload TEXT NOT NULL, request_id TEXT);",
+            &format!(
+                "CREATE TABLE IF NOT EXISTS payments (id INTEGER PRIMARY KEY AUTOINCREMENT, car_id INTEGER NOT NULL,
+                    qty INTEGER NOT NULL, customer TEXT NOT NULL, status TEXT NOT NULL);
+                 {}",
+                events::OUTBOX
+            ),
         )?),
-        rentcar: Mutex::new(open(
+        view: Mutex::new(open(
             dir.join("view.db"),
-            "CREATE TABLE IF NOT EXISTS availability (car_id INTEGER PRIMARY KEY, name TEXT NOT NULL,
-                stock INTEGER NOT NULL, available INTEGER NOT NULL, version INTEGER NOT NULL);",
+            &format!(
+                "CREATE TABLE IF NOT EXISTS availability (car_id INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                    stock INTEGER NOT NULL, available INTEGER NOT NULL, version INTEGER NOT NULL);
+                 {}",
+                events::INBOX
+            ),
         )?),
+        events: with_events.then(|| events::Events::open(&dir)).transpose()?,
     });
+    tokio::spawn(events::run(dbs.clone()));
     let app = Router::new()
         .route("/ping", get(|| async { "pong" }))
         .route("/cars", post(register))
@@ -93,7 +112,7 @@ struct NewCar {
 }
 
 async fn register(State(dbs): State<Arc<Dbs>>, Json(car): Json<NewCar>) -> Response {
-    let conn = dbs.rentcar.lock().await;
+    let conn = dbs.view.lock().await;
     let id = match conn.execute(
         "INSERT INTO availability (name, stock, available, version) VALUES (?1, ?2, ?2, 1)",
         params![car.name, car.stock],
@@ -101,6 +120,15 @@ async fn register(State(dbs): State<Arc<Dbs>>, Json(car): Json<NewCar>) -> Respo
         Ok(_) => conn.last_insert_rowid(),
         Err(err) => return failed(err),
     };
+    // The fleet holds the same car, under the same id (setup, not measured).
+    if let Some(events) = &dbs.events
+        && let Err(err) = events.fleet.lock().await.execute(
+            "INSERT INTO cars (id, name, stock, available, version) VALUES (?1, ?2, ?3, ?3, 1)",
+            params![id, car.name, car.stock],
+        )
+    {
+        return failed(err);
+    }
     (
         StatusCode::CREATED,
         Json(json!({ "id": id, "name": car.name, "stock": car.stock, "available": car.stock })),
@@ -116,7 +144,7 @@ fn availability_json(row: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Va
 }
 
 async fn availability(State(dbs): State<Arc<Dbs>>) -> Response {
-    let conn = dbs.rentcar.lock().await;
+    let conn = dbs.view.lock().await;
     let rows = conn
         .prepare_cached("SELECT car_id, name, stock, available FROM availability ORDER BY car_id")
         .and_then(|mut stmt| {
@@ -130,7 +158,7 @@ async fn availability(State(dbs): State<Arc<Dbs>>) -> Response {
 }
 
 async fn availability_of(State(dbs): State<Arc<Dbs>>, Path(id): Path<i64>) -> Response {
-    let conn = dbs.rentcar.lock().await;
+    let conn = dbs.view.lock().await;
     let row = conn
         .prepare_cached("SELECT car_id, name, stock, available FROM availability WHERE car_id = ?")
         .and_then(|mut stmt| stmt.query_row([id], availability_json).optional());
@@ -203,6 +231,11 @@ async fn order(State(dbs): State<Arc<Dbs>>, Json(new): Json<NewOrder>) -> Respon
             .execute(params![payment_id, new.car_id, new.qty, new.customer, payment_id])?;
         order.execute_batch("COMMIT")
     })();
+    if placed.is_ok()
+        && let Some(events) = &dbs.events
+    {
+        events.wake.notify_one();
+    }
     match placed {
         Ok(()) => (
             StatusCode::CREATED,

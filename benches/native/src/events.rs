@@ -1,0 +1,337 @@
+//! `--events`: what the host's relays and consumers do after each order,
+//! in-process with the same statements, so that the host running its
+//! subscribers has a native ceiling doing the same work.
+//!
+//! After an order commits, payment's outbox rows are relayed into the log
+//! (`bus.db`, the host's schema); rentcar reserves the car and publishes
+//! `CarReserved`, relayed in turn; order checks the approval and records
+//! the reservation; the view updates. Each consumer's batch is one
+//! transaction with an inbox row per event, batches start at most every
+//! [`LINGER`] under load (the host's default `linger_ms`), relayed rows
+//! are deleted and positions saved every [`SAVE_EVERY`], like the host.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{Mutex, Notify};
+
+use crate::{Dbs, open};
+
+const LINGER: Duration = Duration::from_millis(2);
+const SAVE_EVERY: Duration = Duration::from_millis(100);
+const BATCH: i64 = 256;
+
+/// The databases only the events touch.
+pub struct Events {
+    /// Rentcar's fleet: cars and reservations.
+    pub fleet: Mutex<Connection>,
+    pub bus: Mutex<Connection>,
+    /// Woken by every order that commits.
+    pub wake: Notify,
+}
+
+pub const INBOX: &str =
+    "CREATE TABLE IF NOT EXISTS _rc_inbox (event_id TEXT PRIMARY KEY, received_at INTEGER NOT NULL) WITHOUT ROWID;";
+pub const OUTBOX: &str =
+    "CREATE TABLE IF NOT EXISTS _rc_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL,
+    topic TEXT NOT NULL, key TEXT NOT NULL, type TEXT NOT NULL, time INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL, payload TEXT NOT NULL, request_id TEXT);";
+
+impl Events {
+    pub fn open(dir: &std::path::Path) -> anyhow::Result<Events> {
+        Ok(Events {
+            fleet: Mutex::new(open(
+                dir.join("rentcar.db"),
+                &format!(
+                    "CREATE TABLE IF NOT EXISTS cars (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL,
+                        stock INTEGER NOT NULL, available INTEGER NOT NULL CHECK (available >= 0 AND available <= stock),
+                        version INTEGER NOT NULL);
+                     CREATE TABLE IF NOT EXISTS reservations (order_id INTEGER PRIMARY KEY, car_id INTEGER NOT NULL,
+                        qty INTEGER NOT NULL, status TEXT NOT NULL);
+                     {INBOX} {OUTBOX}"
+                ),
+            )?),
+            bus: Mutex::new(open(
+                dir.join("bus.db"),
+                "CREATE TABLE IF NOT EXISTS events (position INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+                    topic TEXT NOT NULL, key TEXT NOT NULL, type TEXT NOT NULL, source TEXT NOT NULL,
+                    time INTEGER NOT NULL, schema_version INTEGER NOT NULL, payload TEXT NOT NULL, request_id TEXT);
+                 CREATE INDEX IF NOT EXISTS events_by_topic ON events (topic, position);
+                 CREATE TABLE IF NOT EXISTS positions (consumer TEXT NOT NULL, topic TEXT NOT NULL,
+                    position INTEGER NOT NULL, PRIMARY KEY (consumer, topic)) WITHOUT ROWID;",
+            )?),
+            wake: Notify::new(),
+        })
+    }
+}
+
+/// An event as a consumer sees it.
+struct Event {
+    id: String,
+    payload: String,
+}
+
+/// A relay's progress through one outbox.
+#[derive(Default)]
+struct Relay {
+    relayed: i64,
+    deleted: i64,
+    deleted_at: Option<Instant>,
+    /// The log's last position after the latest append.
+    position: i64,
+}
+
+impl Relay {
+    /// Moves the committed outbox rows into the log; returns them.
+    async fn drain(
+        &mut self,
+        source: &str,
+        outbox: &Mutex<Connection>,
+        bus: &Mutex<Connection>,
+    ) -> anyhow::Result<Vec<Event>> {
+        let mut moved = Vec::new();
+        loop {
+            let rows = {
+                let conn = outbox.lock().await;
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id, event_id, topic, key, type, time, schema_version, payload, request_id
+                     FROM _rc_outbox WHERE id > ? ORDER BY id LIMIT ?",
+                )?;
+                stmt.query_map(params![self.relayed, BATCH], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, i64>(5)?,
+                        row.get::<_, i64>(6)?,
+                        row.get::<_, String>(7)?,
+                        row.get::<_, Option<String>>(8)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            let Some(last) = rows.last().map(|row| row.0) else {
+                break;
+            };
+            {
+                let conn = bus.lock().await;
+                conn.execute_batch("BEGIN")?;
+                let mut insert = conn.prepare_cached(
+                    "INSERT OR IGNORE INTO events (id, topic, key, type, source, time, schema_version, payload, request_id)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )?;
+                for (_, id, topic, key, kind, time, version, payload, request_id) in &rows {
+                    insert.execute(params![
+                        id, topic, key, kind, source, time, version, payload, request_id
+                    ])?;
+                }
+                self.position = conn
+                    .prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")?
+                    .query_row([], |row| row.get(0))?;
+                conn.execute_batch("COMMIT")?;
+            }
+            self.relayed = last;
+            let fetched = rows.len() as i64;
+            moved.extend(rows.into_iter().map(|(_, id, .., payload, _)| Event { id, payload }));
+            if fetched < BATCH {
+                break;
+            }
+        }
+        if self.relayed > self.deleted && self.deleted_at.is_none_or(|at| at.elapsed() >= SAVE_EVERY) {
+            outbox
+                .lock()
+                .await
+                .prepare_cached("DELETE FROM _rc_outbox WHERE id <= ?")?
+                .execute([self.relayed])?;
+            (self.deleted, self.deleted_at) = (self.relayed, Some(Instant::now()));
+        }
+        Ok(moved)
+    }
+}
+
+/// Runs the events of every order as they commit, until the process ends.
+pub async fn run(dbs: Arc<Dbs>) {
+    let Some(events) = &dbs.events else { return };
+    let (mut payments, mut reservations) = (Relay::default(), Relay::default());
+    let mut last: Option<Instant> = None;
+    let mut saved_at = Instant::now();
+    loop {
+        events.wake.notified().await;
+        if let Some(ready) = last.map(|at| at + LINGER)
+            && ready > Instant::now()
+        {
+            tokio::time::sleep_until(ready.into()).await;
+        }
+        last = Some(Instant::now());
+        let step = async {
+            let approved = payments.drain("payment", &dbs.payment, &events.bus).await?;
+            if approved.is_empty() {
+                return anyhow::Ok(());
+            }
+            consume(&events.fleet, &approved, reserve).await?;
+            consume(&dbs.order, &approved, check_order).await?;
+            let reserved = reservations.drain("rentcar", &events.fleet, &events.bus).await?;
+            consume(&dbs.order, &reserved, record_reservation).await?;
+            consume(&dbs.view, &reserved, update_view).await?;
+            if saved_at.elapsed() >= SAVE_EVERY {
+                let conn = events.bus.lock().await;
+                conn.execute_batch("BEGIN")?;
+                let mut save = conn
+                    .prepare_cached("INSERT OR REPLACE INTO positions (consumer, topic, position) VALUES (?, ?, ?)")?;
+                for (consumer, topic, position) in [
+                    ("rentcar", "payment", payments.position),
+                    ("order", "payment", payments.position),
+                    ("order", "rentcar", reservations.position),
+                    ("view", "rentcar", reservations.position),
+                ] {
+                    save.execute(params![consumer, topic, position])?;
+                }
+                conn.execute_batch("COMMIT")?;
+                saved_at = Instant::now();
+            }
+            Ok(())
+        };
+        if let Err(err) = step.await {
+            eprintln!("events failed: {err:#}");
+        }
+    }
+}
+
+/// Applies `events` to a consumer's database in one transaction, each once
+/// (its inbox row commits with its effect).
+async fn consume(
+    db: &Mutex<Connection>,
+    events: &[Event],
+    apply: fn(&Connection, &str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let conn = db.lock().await;
+    conn.execute_batch("BEGIN")?;
+    let applied = (|| {
+        for event in events {
+            let fresh = conn
+                .prepare_cached("INSERT OR IGNORE INTO _rc_inbox (event_id, received_at) VALUES (?, 0)")?
+                .execute([&event.id])?;
+            if fresh == 1 {
+                apply(&conn, &event.payload)?;
+            }
+        }
+        anyhow::Ok(())
+    })();
+    match applied {
+        Ok(()) => Ok(conn.execute_batch("COMMIT")?),
+        Err(err) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(err)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Approved {
+    id: i64,
+    order_id: i64,
+    car_id: i64,
+    qty: i64,
+}
+
+/// Rentcar on `PaymentApproved`: rentcar's statements.
+fn reserve(conn: &Connection, payload: &str) -> anyhow::Result<()> {
+    let payment: Approved = serde_json::from_str(payload)?;
+    let seen = conn
+        .prepare_cached("SELECT 1 FROM reservations WHERE order_id = ?")?
+        .query_row([payment.order_id], |_| Ok(()))
+        .optional()?;
+    if seen.is_some() {
+        return Ok(());
+    }
+    let taken = conn
+        .prepare_cached(
+            "UPDATE cars SET available = available - ?1, version = version + 1 WHERE id = ?2 AND available >= ?1",
+        )?
+        .execute(params![payment.qty, payment.car_id])?;
+    let car = conn
+        .prepare_cached("SELECT id, name, stock, available, version FROM cars WHERE id = ?")?
+        .query_row([payment.car_id], |row| {
+            Ok(
+                json!({ "id": row.get::<_, i64>(0)?, "name": row.get::<_, String>(1)?, "stock": row.get::<_, i64>(2)?,
+                       "available": row.get::<_, i64>(3)?, "version": row.get::<_, i64>(4)? }),
+            )
+        })
+        .optional()?;
+    let (status, kind) = if taken == 1 {
+        ("ACTIVE", "CarReserved")
+    } else {
+        ("REJECTED", "ReservationRejected")
+    };
+    conn.prepare_cached("INSERT INTO reservations (order_id, car_id, qty, status) VALUES (?, ?, ?, ?)")?
+        .execute(params![payment.order_id, payment.car_id, payment.qty, status])?;
+    let reservation = json!({ "orderId": payment.order_id, "paymentId": payment.id, "carId": payment.car_id,
+                              "qty": payment.qty, "car": car });
+    conn.prepare_cached(
+        "INSERT INTO _rc_outbox (event_id, topic, key, type, time, schema_version, payload)
+         VALUES (?, 'rentcar', ?, ?, 0, 1, ?)",
+    )?
+    .execute(params![
+        format!("reservation-{}", payment.order_id),
+        payment.order_id.to_string(),
+        kind,
+        reservation.to_string()
+    ])?;
+    Ok(())
+}
+
+/// Order on `PaymentApproved`: is the order there (else the payment would
+/// be abandoned)?
+fn check_order(conn: &Connection, payload: &str) -> anyhow::Result<()> {
+    let payment: Approved = serde_json::from_str(payload)?;
+    conn.prepare_cached("SELECT 1 FROM orders WHERE id = ? AND payment_id = ?")?
+        .query_row(params![payment.order_id, payment.id], |_| Ok(()))
+        .optional()?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Reserved {
+    order_id: i64,
+    payment_id: i64,
+    car: Option<Car>,
+}
+
+#[derive(Deserialize)]
+struct Car {
+    id: i64,
+    name: String,
+    stock: i64,
+    available: i64,
+    version: i64,
+}
+
+/// Order on `CarReserved`: a paid order becomes reserved.
+fn record_reservation(conn: &Connection, payload: &str) -> anyhow::Result<()> {
+    let reserved: Reserved = serde_json::from_str(payload)?;
+    conn.prepare_cached("UPDATE orders SET status = ? WHERE id = ? AND payment_id = ? AND status = ?")?
+        .execute(params!["RESERVED", reserved.order_id, reserved.payment_id, "PAID"])?;
+    Ok(())
+}
+
+/// The view on `CarReserved`: the view's upsert.
+fn update_view(conn: &Connection, payload: &str) -> anyhow::Result<()> {
+    let Some(car) = serde_json::from_str::<Reserved>(payload)?.car else {
+        return Ok(());
+    };
+    conn.prepare_cached(
+        "INSERT INTO availability (car_id, name, stock, available, version) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (car_id) DO UPDATE SET name = excluded.name, stock = excluded.stock,
+             available = excluded.available, version = excluded.version
+         WHERE excluded.version > availability.version",
+    )?
+    .execute(params![car.id, car.name, car.stock, car.available, car.version])?;
+    Ok(())
+}
