@@ -62,7 +62,9 @@ async fn main() -> anyhow::Result<()> {
             dir.join("order.db"),
             &format!(
                 "CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, car_id INTEGER NOT NULL, qty INTEGER NOT NULL,
-                    customer TEXT NOT NULL, status TEXT NOT NULL, payment_id INTEGER NOT NULL, idempotency_key TEXT UNIQUE);
+                    customer TEXT NOT NULL, status TEXT NOT NULL, payment_id INTEGER NOT NULL, idempotency_key TEXT);
+                 CREATE UNIQUE INDEX IF NOT EXISTS orders_by_idempotency_key ON orders (idempotency_key)
+                    WHERE idempotency_key IS NOT NULL;
                  {}",
                 events::INBOX
             ),

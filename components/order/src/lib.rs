@@ -68,6 +68,21 @@ impl lifecycle::Guest for Component {
             )",
             // Payments given up for abandoned: no order may take their id.
             "CREATE TABLE abandoned (id INTEGER PRIMARY KEY)",
+            // Keys are unique among the orders that have one; orders without
+            // (most) no longer write an index entry each.
+            "CREATE TABLE orders_keyed (
+                id INTEGER PRIMARY KEY,
+                car_id INTEGER NOT NULL,
+                qty INTEGER NOT NULL,
+                customer TEXT NOT NULL,
+                status TEXT NOT NULL,
+                payment_id INTEGER NOT NULL,
+                idempotency_key TEXT
+            )",
+            "INSERT INTO orders_keyed SELECT id, car_id, qty, customer, status, payment_id, idempotency_key FROM orders",
+            "DROP TABLE orders",
+            "ALTER TABLE orders_keyed RENAME TO orders",
+            "CREATE UNIQUE INDEX orders_by_idempotency_key ON orders (idempotency_key) WHERE idempotency_key IS NOT NULL",
         ])
         .map_err(|err| err.to_string())
     }

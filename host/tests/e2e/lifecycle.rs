@@ -88,6 +88,52 @@ async fn payments_of_an_older_schema_are_migrated() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An order database from before idempotency keys moved to a partial
+/// index is rebuilt at start-up: its orders are still there, and a key used
+/// before still answers with its order.
+#[tokio::test]
+async fn orders_of_an_older_schema_are_migrated() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let old = rusqlite::Connection::open(dir.path().join("order.db"))?;
+        old.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY);
+             INSERT INTO schema_migrations (version) VALUES (1), (2);
+             CREATE TABLE orders (
+                 id INTEGER PRIMARY KEY,
+                 car_id INTEGER NOT NULL,
+                 qty INTEGER NOT NULL,
+                 customer TEXT NOT NULL,
+                 status TEXT NOT NULL,
+                 payment_id INTEGER NOT NULL,
+                 idempotency_key TEXT UNIQUE
+             );
+             CREATE TABLE abandoned (id INTEGER PRIMARY KEY);
+             INSERT INTO orders VALUES (3, 1, 1, 'lee', 'RESERVED', 3, 'k-3'), (4, 1, 2, 'kim', 'CANCELLED', 4, NULL);",
+        )?;
+    }
+    let host = Host::start(dir.path())?;
+    let (_, orders) = host.get("/orders").await?;
+    let ids: Vec<_> = orders
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| o["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!(3), json!(4)], "{orders}");
+
+    let again = reqwest::Client::new()
+        .post(format!("{}/orders", host.base))
+        .header("Idempotency-Key", "k-3")
+        .json(&json!({ "carId": 1, "qty": 1, "customer": "lee" }));
+    let (status, order) = host.send(again).await?;
+    assert_eq!(
+        (status, order["id"].clone(), order["status"].clone()),
+        (201, json!(3), json!("RESERVED"))
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn sigterm_drains_and_exits_cleanly() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
