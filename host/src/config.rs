@@ -39,6 +39,9 @@ pub struct Config {
     pub delivery: Delivery,
 }
 
+/// Longest `delivery.linger_ms`.
+const MAX_LINGER_MS: u64 = 1_000;
+
 /// How events are delivered to subscribers, and how long the log keeps them.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -417,6 +420,11 @@ impl Config {
         if delivery.retention_interval_ms == 0 {
             return invalid("[delivery] retention_interval_ms must be above zero".into());
         }
+        if delivery.linger_ms > MAX_LINGER_MS {
+            return invalid(format!(
+                "[delivery] linger_ms is at most {MAX_LINGER_MS}: every event under load waits up to it"
+            ));
+        }
         self.check_links_acyclic()
     }
 
@@ -520,6 +528,16 @@ mod tests {
         assert!(cycle.unwrap_err().to_string().contains("cycle: a -> b -> a"));
         let unknown = parse("[components.a]\npath = \"a.wasm\"\nroutez = []\n");
         assert!(unknown.unwrap_err().to_string().contains("unknown field `routez`"));
+    }
+
+    #[test]
+    fn linger_defaults_to_2_ms_and_is_bounded() {
+        let components = "[components.a]\npath = \"a.wasm\"\n";
+        assert_eq!(parse(components).unwrap().delivery.linger(), Duration::from_millis(2));
+        let off = parse(&format!("{components}[delivery]\nlinger_ms = 0\n")).unwrap();
+        assert_eq!(off.delivery.linger(), Duration::ZERO);
+        let long = parse(&format!("{components}[delivery]\nlinger_ms = 5000\n"));
+        assert!(long.unwrap_err().to_string().contains("linger_ms is at most 1000"));
     }
 
     #[test]
