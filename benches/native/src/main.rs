@@ -72,8 +72,9 @@ async fn main() -> anyhow::Result<()> {
         payment: Mutex::new(open(
             dir.join("payment.db"),
             &format!(
-                "CREATE TABLE IF NOT EXISTS payments (id INTEGER PRIMARY KEY AUTOINCREMENT, car_id INTEGER NOT NULL,
-                    qty INTEGER NOT NULL, customer TEXT NOT NULL, status TEXT NOT NULL);
+                "CREATE TABLE IF NOT EXISTS payments (id INTEGER PRIMARY KEY AUTOINCREMENT, order_id INTEGER NOT NULL,
+                    car_id INTEGER NOT NULL, qty INTEGER NOT NULL, customer TEXT NOT NULL, status TEXT NOT NULL);
+                 CREATE INDEX IF NOT EXISTS payments_by_order ON payments (order_id);
                  {}",
                 events::OUTBOX
             ),
@@ -200,7 +201,11 @@ async fn order(State(dbs): State<Arc<Dbs>>, Json(new): Json<NewOrder>) -> Respon
         let paid: rusqlite::Result<i64> = (|| {
             payment.execute_batch("BEGIN")?;
             payment
-                .prepare_cached("INSERT INTO payments (car_id, qty, customer, status) VALUES (?, ?, ?, 'APPROVED')")?
+                .prepare_cached(
+                    "INSERT INTO payments (id, order_id, car_id, qty, customer, status)
+                     SELECT next, next, ?, ?, ?, 'APPROVED'
+                     FROM (SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'payments'), 0) + 1 AS next)",
+                )?
                 .execute(params![new.car_id, new.qty, new.customer])?;
             let id = payment.last_insert_rowid();
             let payload = json!({ "id": id, "orderId": id, "carId": new.car_id, "qty": new.qty,

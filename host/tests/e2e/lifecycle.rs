@@ -43,11 +43,11 @@ async fn restart_keeps_data_and_resumes_delivery() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A payment database from before payment dropped its `order_id` column
-/// (the order id is the payment's own id) is migrated at start-up, and
-/// what it held is still there.
+/// Payment picks each new id (its order's id too) itself, one past the
+/// table's sequence: on a database that already holds payments, ids go on
+/// from the last one, and what was there reads the same.
 #[tokio::test]
-async fn payments_of_an_older_schema_are_migrated() -> anyhow::Result<()> {
+async fn payment_ids_go_on_from_an_existing_database() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     {
         let old = rusqlite::Connection::open(dir.path().join("payment.db"))?;
@@ -76,7 +76,6 @@ async fn payments_of_an_older_schema_are_migrated() -> anyhow::Result<()> {
     let (_, listed) = host.get("/payments?orderId=7").await?;
     assert_eq!(listed, json!([payment]));
 
-    // New payments go on from the old ones' ids.
     let car_id = host.car("Avante", 3).await?;
     let order = host.order(car_id, 1).await?;
     assert_eq!(order["id"], 8, "{order}");
