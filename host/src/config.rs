@@ -85,6 +85,7 @@ impl Default for Delivery {
 }
 
 impl Delivery {
+    /// `linger_ms` as a duration.
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
     }

@@ -106,7 +106,7 @@ async fn relay(slot: Arc<Slot>, bus: Arc<dyn EventBus>, linger: Duration, token:
         }
         let pending = outbox.pending();
         tokio::select! {
-            _ = slot.relay.notified() => pace.wait().await,
+            _ = slot.relay.notified() => pace.wait_unless(&token).await,
             _ = tokio::time::sleep(pause) => {}
             _ = tokio::time::sleep(SAVE_EVERY), if pending => {}
             _ = token.cancelled() => {
@@ -122,7 +122,7 @@ async fn relay(slot: Arc<Slot>, bus: Arc<dyn EventBus>, linger: Duration, token:
 /// Spaces the batches that wake-ups start at least `linger` apart, so that
 /// under load a batch carries the events of a whole `linger` instead of
 /// one commit's: fewer, larger transactions. The first wake-up after a
-/// quiet `linger` goes at once, so an idle system adds no latency.
+/// quiet `linger` goes at once.
 struct Pace {
     linger: Duration,
     last: Option<Instant>,
@@ -133,12 +133,15 @@ impl Pace {
         Pace { linger, last: None }
     }
 
-    /// Waits until the batch of a wake-up may start.
-    async fn wait(&mut self) {
+    /// Waits until the batch of a wake-up may start, or the host stops.
+    async fn wait_unless(&mut self, stop: &CancellationToken) {
         let now = Instant::now();
         let start = self.start(now);
         if start > now {
-            tokio::time::sleep_until(start.into()).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(start.into()) => {}
+                _ = stop.cancelled() => {}
+            }
         }
     }
 
@@ -332,7 +335,7 @@ impl Dispatcher {
             }
             if !batch_done {
                 tokio::select! {
-                    _ = appended.changed(), if !stopped => pace.wait().await,
+                    _ = appended.changed(), if !stopped => pace.wait_unless(&self.token).await,
                     _ = changes.changed() => {}
                     _ = resets.changed() => {}
                     _ = tokio::time::sleep(self.settings.backoff().1), if !stopped => {}
