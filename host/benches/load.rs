@@ -60,13 +60,20 @@ impl Run {
 }
 
 /// Each target's median run over `ROUNDS` alternating rounds of the same
-/// load: `targets` are (url, extra oha arguments).
-fn compare(targets: &[(String, Vec<String>)], connections: u32) -> anyhow::Result<Vec<Run>> {
+/// load: `targets` are (url, extra oha arguments). After each run, `settle`
+/// waits until the events it left behind are delivered, so that this work
+/// does not run in the next target's window.
+async fn compare(
+    targets: &[(String, Vec<String>)],
+    connections: u32,
+    settle: impl AsyncFn() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Run>> {
     let mut runs: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
     for _ in 0..ROUNDS {
         for ((url, extra), runs) in targets.iter().zip(&mut runs) {
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             runs.push(oha_with(url, &extra, connections)?);
+            settle().await?;
         }
     }
     Ok(runs.into_iter().map(Run::median).collect())
@@ -270,6 +277,22 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // The host's subscriptions and the native baseline's events all
+    // delivered.
+    let caught_up = || async {
+        let (_, subscriptions) = host.admin(reqwest::Method::GET, "/admin/subscriptions").await?;
+        let host_done = subscriptions
+            .as_array()
+            .is_some_and(|all| all.iter().all(|s| s["lag"] == 0));
+        let native: Value = client
+            .get(format!("{}/lag", native_events.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok((host_done && native["lag"] == 0).then_some(()))
+    };
+    let settle = async || harness::eventually("the events to be delivered", Duration::from_secs(120), caught_up).await;
 
     let mut rows = vec![
         "| scenario | target | req/s | p50 ms | p99 ms | p99.9 ms | 2xx |".to_string(),
@@ -285,7 +308,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(serve) = &serve {
         pings.push((format!("{}/", serve.base), Vec::new()));
     }
-    let runs = compare(&pings, CONNECTIONS)?;
+    let runs = compare(&pings, CONNECTIONS, &settle).await?;
     host_vs_native(&mut rows, &mut ratios, "1 GET /ping", &runs);
     if let Some(serve_ping) = runs.get(2) {
         rows.push(serve_ping.row("1 GET /ping", "wasmtime serve"));
@@ -319,7 +342,9 @@ async fn main() -> anyhow::Result<()> {
             (format!("{}/availability", native.base), Vec::new()),
         ],
         CONNECTIONS,
-    )?;
+        &settle,
+    )
+    .await?;
     host_vs_native(&mut rows, &mut ratios, "2 GET /availability", &runs);
 
     // 3. Orders.
@@ -336,7 +361,7 @@ async fn main() -> anyhow::Result<()> {
         (format!("{}/orders", native.base), post(&order(cars[10]))),
         (format!("{}/orders", native_events.base), post(&order(cars[20]))),
     ];
-    let runs = compare(&orders, CONNECTIONS)?;
+    let runs = compare(&orders, CONNECTIONS, &settle).await?;
     host_vs_native(&mut rows, &mut ratios, "3 POST /orders", &runs);
     rows.push(runs[2].row("3 POST /orders", "native axum + the events in-process"));
     ratios.push(format!(
@@ -351,20 +376,14 @@ async fn main() -> anyhow::Result<()> {
         let runs = compare(
             &[(format!("{}/orders", bare.base), post(&order(car))), orders[1].clone()],
             CONNECTIONS,
-        )?;
+            &settle,
+        )
+        .await?;
         let scenario = "3 POST /orders, no subscribers (request path only)";
         host_vs_native(&mut rows, &mut ratios, scenario, &runs);
     }
     // The target itself: 5,000 orders/s, and the latency they get, from a
     // steady state (the events of the runs above delivered first).
-    let caught_up = || async {
-        let (_, subscriptions) = host.admin(reqwest::Method::GET, "/admin/subscriptions").await?;
-        Ok(subscriptions
-            .as_array()
-            .is_some_and(|all| all.iter().all(|s| s["lag"] == 0))
-            .then_some(()))
-    };
-    harness::eventually("the consumers to catch up", Duration::from_secs(120), caught_up).await?;
     let rated: Vec<(String, Vec<String>)> = orders[..2]
         .iter()
         .map(|(url, args)| {
@@ -372,12 +391,10 @@ async fn main() -> anyhow::Result<()> {
             (url.clone(), rate.into_iter().chain(args.iter().cloned()).collect())
         })
         .collect();
-    let runs = compare(&rated, RATED_CONNECTIONS)?;
+    let runs = compare(&rated, RATED_CONNECTIONS, &settle).await?;
     let scenario = format!("3 POST /orders at a fixed {ORDER_RATE}/s");
     rows.push(runs[0].row(&scenario, "rentcar-host"));
     rows.push(runs[1].row(&scenario, "native axum"));
-    // And before measuring the events' latency.
-    harness::eventually("the view to catch up", Duration::from_secs(120), caught_up).await?;
 
     // 4. Event latency: POST /orders returns -> the view shows it.
     let car = cars[1];

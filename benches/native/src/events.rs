@@ -3,15 +3,21 @@
 //! subscribers has a native ceiling doing the same work.
 //!
 //! After an order commits, payment's outbox rows are relayed into the log
-//! (`bus.db`, the host's schema); rentcar reserves the car and publishes
-//! `CarReserved`, relayed in turn; order checks the approval and records
-//! the reservation; the view updates. Each consumer's batch is one
-//! transaction with an inbox row per event, batches start at most every
-//! [`LINGER`] under load (the host's default `linger_ms`), relayed rows
-//! are deleted and positions saved every [`SAVE_EVERY`], like the host.
+//! (`bus.db`, the host's schema). Each subscription of `runtime.toml` reads
+//! its topic from the log after its position, keeps the event types it
+//! wants, and applies them in runs of up to [`RUN`] events per transaction,
+//! each event in a savepoint with its inbox row: rentcar reserves the car
+//! and publishes `CarReserved` (relayed in turn), order checks the approval
+//! and records the reservation, the view updates, payment skips what it
+//! does not refund. Batches start at most every [`LINGER`] under load (the
+//! host's default `linger_ms`); relayed rows are deleted and positions
+//! saved every [`SAVE_EVERY`], like the host. What the host does on top:
+//! a fresh WebAssembly instance per run, and one task per subscription
+//! where this is one task for all.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Deserialize;
@@ -23,6 +29,7 @@ use crate::{Dbs, open};
 const LINGER: Duration = Duration::from_millis(2);
 const SAVE_EVERY: Duration = Duration::from_millis(100);
 const BATCH: i64 = 256;
+const RUN: usize = 32;
 
 /// The databases only the events touch.
 pub struct Events {
@@ -31,6 +38,9 @@ pub struct Events {
     pub bus: Mutex<Connection>,
     /// Woken by every order that commits.
     pub wake: Notify,
+    /// Orders placed, and orders whose events the view has applied.
+    pub placed: AtomicU64,
+    applied: AtomicU64,
 }
 
 pub const INBOX: &str =
@@ -64,13 +74,23 @@ impl Events {
                     position INTEGER NOT NULL, PRIMARY KEY (consumer, topic)) WITHOUT ROWID;",
             )?),
             wake: Notify::new(),
+            placed: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
         })
+    }
+
+    /// Orders whose events are not all applied yet.
+    pub fn lag(&self) -> u64 {
+        self.placed
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.applied.load(Ordering::Relaxed))
     }
 }
 
-/// An event as a consumer sees it.
+/// An event as a consumer reads it from the log.
 struct Event {
     id: String,
+    kind: String,
     payload: String,
 }
 
@@ -80,19 +100,11 @@ struct Relay {
     relayed: i64,
     deleted: i64,
     deleted_at: Option<Instant>,
-    /// The log's last position after the latest append.
-    position: i64,
 }
 
 impl Relay {
-    /// Moves the committed outbox rows into the log; returns them.
-    async fn drain(
-        &mut self,
-        source: &str,
-        outbox: &Mutex<Connection>,
-        bus: &Mutex<Connection>,
-    ) -> anyhow::Result<Vec<Event>> {
-        let mut moved = Vec::new();
+    /// Moves the committed outbox rows into the log.
+    async fn drain(&mut self, source: &str, outbox: &Mutex<Connection>, bus: &Mutex<Connection>) -> anyhow::Result<()> {
         loop {
             let rows = {
                 let conn = outbox.lock().await;
@@ -130,15 +142,12 @@ impl Relay {
                         id, topic, key, kind, source, time, version, payload, request_id
                     ])?;
                 }
-                self.position = conn
-                    .prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")?
-                    .query_row([], |row| row.get(0))?;
+                conn.prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")?
+                    .query_row([], |row| row.get::<_, i64>(0))?;
                 conn.execute_batch("COMMIT")?;
             }
             self.relayed = last;
-            let fetched = rows.len() as i64;
-            moved.extend(rows.into_iter().map(|(_, id, .., payload, _)| Event { id, payload }));
-            if fetched < BATCH {
+            if (rows.len() as i64) < BATCH {
                 break;
             }
         }
@@ -150,14 +159,83 @@ impl Relay {
                 .execute([self.relayed])?;
             (self.deleted, self.deleted_at) = (self.relayed, Some(Instant::now()));
         }
-        Ok(moved)
+        Ok(())
     }
 }
 
-/// Runs the events of every order as they commit, until the process ends.
+/// What applies an event to a consumer's database.
+type Apply = fn(&Connection, &str) -> anyhow::Result<()>;
+
+/// One subscription of `runtime.toml`: a consumer, its topic, the types it
+/// wants, and where it stands in the log.
+struct Subscription {
+    consumer: &'static str,
+    topic: &'static str,
+    wants: &'static [(&'static str, Apply)],
+    position: i64,
+}
+
+impl Subscription {
+    /// Applies what the log holds after the position; returns how many
+    /// events it read.
+    async fn deliver(&mut self, bus: &Mutex<Connection>, db: &Mutex<Connection>) -> anyhow::Result<usize> {
+        let mut read = 0;
+        loop {
+            let batch = {
+                let conn = bus.lock().await;
+                let mut stmt = conn.prepare_cached(
+                    "SELECT position, id, type, payload FROM events WHERE topic = ? AND position > ?
+                     ORDER BY position LIMIT ?",
+                )?;
+                stmt.query_map(params![self.topic, self.position, BATCH], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        Event {
+                            id: row.get(1)?,
+                            kind: row.get(2)?,
+                            payload: row.get(3)?,
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            let Some(&(last, _)) = batch.last() else {
+                return Ok(read);
+            };
+            read += batch.len();
+            let wanted: Vec<(Apply, Event)> = batch
+                .into_iter()
+                .filter_map(|(_, event)| {
+                    let apply = self.wants.iter().find(|(kind, _)| *kind == event.kind)?.1;
+                    Some((apply, event))
+                })
+                .collect();
+            for run in wanted.chunks(RUN) {
+                apply_run(db, run).await?;
+            }
+            self.position = last;
+        }
+    }
+}
+
+/// Runs the events of every order as they commit, until the process ends;
+/// exits the process if a step fails (its events would be lost).
 pub async fn run(dbs: Arc<Dbs>) {
     let Some(events) = &dbs.events else { return };
     let (mut payments, mut reservations) = (Relay::default(), Relay::default());
+    let subscription = |consumer, topic, wants| Subscription {
+        consumer,
+        topic,
+        wants,
+        position: 0,
+    };
+    let mut rentcar = subscription("rentcar", "payment", &[("PaymentApproved", reserve as Apply)]);
+    let mut order_payments = subscription("order", "payment", &[("PaymentApproved", check_order as Apply)]);
+    let mut order_reservations = subscription("order", "rentcar", &[("CarReserved", record_reservation as Apply)]);
+    let mut view = subscription("view", "rentcar", &[("CarReserved", update_view as Apply)]);
+    // Payment refunds rejected reservations: it reads rentcar's events and
+    // applies none of these.
+    let mut payment = subscription("payment", "rentcar", &[]);
     let mut last: Option<Instant> = None;
     let mut saved_at = Instant::now();
     loop {
@@ -169,56 +247,52 @@ pub async fn run(dbs: Arc<Dbs>) {
         }
         last = Some(Instant::now());
         let step = async {
-            let approved = payments.drain("payment", &dbs.payment, &events.bus).await?;
-            if approved.is_empty() {
-                return anyhow::Ok(());
-            }
-            consume(&events.fleet, &approved, reserve).await?;
-            consume(&dbs.order, &approved, check_order).await?;
-            let reserved = reservations.drain("rentcar", &events.fleet, &events.bus).await?;
-            consume(&dbs.order, &reserved, record_reservation).await?;
-            consume(&dbs.view, &reserved, update_view).await?;
+            payments.drain("payment", &dbs.payment, &events.bus).await?;
+            rentcar.deliver(&events.bus, &events.fleet).await?;
+            order_payments.deliver(&events.bus, &dbs.order).await?;
+            reservations.drain("rentcar", &events.fleet, &events.bus).await?;
+            order_reservations.deliver(&events.bus, &dbs.order).await?;
+            let applied = view.deliver(&events.bus, &dbs.view).await?;
+            events.applied.fetch_add(applied as u64, Ordering::Relaxed);
+            payment.deliver(&events.bus, &dbs.payment).await?;
             if saved_at.elapsed() >= SAVE_EVERY {
                 let conn = events.bus.lock().await;
                 conn.execute_batch("BEGIN")?;
                 let mut save = conn
                     .prepare_cached("INSERT OR REPLACE INTO positions (consumer, topic, position) VALUES (?, ?, ?)")?;
-                for (consumer, topic, position) in [
-                    ("rentcar", "payment", payments.position),
-                    ("order", "payment", payments.position),
-                    ("order", "rentcar", reservations.position),
-                    ("view", "rentcar", reservations.position),
-                ] {
-                    save.execute(params![consumer, topic, position])?;
+                for s in [&rentcar, &order_payments, &order_reservations, &view, &payment] {
+                    save.execute(params![s.consumer, s.topic, s.position])?;
                 }
                 conn.execute_batch("COMMIT")?;
                 saved_at = Instant::now();
             }
-            Ok(())
+            anyhow::Ok(())
         };
         if let Err(err) = step.await {
             eprintln!("events failed: {err:#}");
+            std::process::exit(1);
         }
     }
 }
 
-/// Applies `events` to a consumer's database in one transaction, each once
-/// (its inbox row commits with its effect).
-async fn consume(
-    db: &Mutex<Connection>,
-    events: &[Event],
-    apply: fn(&Connection, &str) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+/// Applies a run of events to a consumer's database in one transaction,
+/// each in a savepoint with its inbox row (so applied once).
+async fn apply_run(db: &Mutex<Connection>, run: &[(Apply, Event)]) -> anyhow::Result<()> {
     let conn = db.lock().await;
     conn.execute_batch("BEGIN")?;
     let applied = (|| {
-        for event in events {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for (apply, event) in run {
+            conn.execute_batch("SAVEPOINT event")?;
             let fresh = conn
-                .prepare_cached("INSERT OR IGNORE INTO _rc_inbox (event_id, received_at) VALUES (?, 0)")?
-                .execute([&event.id])?;
+                .prepare_cached("INSERT OR IGNORE INTO _rc_inbox (event_id, received_at) VALUES (?, ?)")?
+                .execute(params![event.id, now])?;
             if fresh == 1 {
                 apply(&conn, &event.payload)?;
             }
+            conn.execute_batch("RELEASE event")?;
         }
         anyhow::Ok(())
     })();

@@ -90,13 +90,22 @@ async fn main() -> anyhow::Result<()> {
         )?),
         events: with_events.then(|| events::Events::open(&dir)).transpose()?,
     });
-    tokio::spawn(events::run(dbs.clone()));
+    if with_events {
+        tokio::spawn(events::run(dbs.clone()));
+    }
     let app = Router::new()
         .route("/ping", get(|| async { "pong" }))
         .route("/cars", post(register))
         .route("/availability", get(availability))
         .route("/availability/{id}", get(availability_of))
         .route("/orders", post(order))
+        // Orders whose events are not all applied yet (0 without `--events`).
+        .route(
+            "/lag",
+            get(|State(dbs): State<Arc<Dbs>>| async move {
+                Json(json!({ "lag": dbs.events.as_ref().map_or(0, events::Events::lag) }))
+            }),
+        )
         .with_state(dbs);
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     eprintln!("listening on http://{}", listener.local_addr()?);
@@ -241,6 +250,7 @@ async fn order(State(dbs): State<Arc<Dbs>>, Json(new): Json<NewOrder>) -> Respon
     if placed.is_ok()
         && let Some(events) = &dbs.events
     {
+        events.placed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         events.wake.notify_one();
     }
     match placed {
