@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -18,6 +18,12 @@ use crate::config::Limits;
 use crate::database::{Database, Transaction};
 use crate::engine::EPOCH_TICK;
 use crate::invocation::Invocation;
+
+/// The least time `init` gets, whatever the component's `timeout_ms`: it
+/// migrates the component's tables, which on a large database can take
+/// longer than a request (rebuilding a table of ten million rows takes
+/// seconds).
+const INIT_DEADLINE: Duration = Duration::from_secs(300);
 
 /// The trap a guest gets when its invocation outlives its deadline.
 #[derive(Debug, thiserror::Error)]
@@ -173,12 +179,14 @@ impl Loaded {
         Ok(())
     }
 
-    /// Runs the component's `init` export, if it has one, in a transaction.
+    /// Runs the component's `init` export, if it has one, in a transaction,
+    /// with at least [`INIT_DEADLINE`] to migrate its tables.
     pub async fn init(&self) -> anyhow::Result<()> {
         let Some(indices) = &self.lifecycle else {
             return Ok(());
         };
         let mut store = self.store();
+        store.data_mut().deadline = Instant::now() + self.slot.limits.timeout().max(INIT_DEADLINE);
         let instance = self.instantiate(&mut store).await?;
         let lifecycle = indices.load(&mut store, &instance)?;
         match lifecycle.call_init(&mut store).await? {
