@@ -170,7 +170,12 @@ impl Server {
                 bail!("server not ready after 60 s");
             }
         };
-        std::thread::spawn(move || for _ in lines {});
+        // What the server says after start-up goes to the bench's stderr.
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                eprintln!("{line}");
+            }
+        });
         Ok(Server { child, base })
     }
 }

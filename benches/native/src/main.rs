@@ -189,9 +189,16 @@ struct NewOrder {
     customer: String,
 }
 
+/// `POST /orders` runs as a task of its own, as in the host: a client that
+/// hangs up must not cut it short between its `BEGIN` and `COMMIT` (the
+/// connection would be left inside a transaction).
+async fn order(State(dbs): State<Arc<Dbs>>, Json(new): Json<NewOrder>) -> Response {
+    tokio::spawn(place(dbs, new)).await.unwrap_or_else(failed)
+}
+
 /// The same transactions as order -> payment in the host: order's database
 /// is held while payment commits, then order commits.
-async fn order(State(dbs): State<Arc<Dbs>>, Json(new): Json<NewOrder>) -> Response {
+async fn place(dbs: Arc<Dbs>, new: NewOrder) -> Response {
     let order = dbs.order.lock().await;
     let result: rusqlite::Result<serde_json::Value> = (|| {
         order.execute_batch("BEGIN")?;

@@ -130,6 +130,12 @@ async fn orders_of_an_older_schema_are_migrated() -> anyhow::Result<()> {
         (status, order["id"].clone(), order["status"].clone()),
         (201, json!(3), json!("RESERVED"))
     );
+    let reused = reqwest::Client::new()
+        .post(format!("{}/orders", host.base))
+        .header("Idempotency-Key", "k-3")
+        .json(&json!({ "carId": 1, "qty": 2, "customer": "lee" }));
+    let (status, refused) = host.send(reused).await?;
+    assert_eq!(status, 422, "{refused}");
     Ok(())
 }
 
