@@ -43,29 +43,38 @@ async fn restart_keeps_data_and_resumes_delivery() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes a component database as a version of it at its second migration
+/// left it: `schema` and rows, its migrations table at 2.
+fn database_at_migration_2(dir: &std::path::Path, component: &str, schema: &str) -> anyhow::Result<()> {
+    let old = rusqlite::Connection::open(dir.join(format!("{component}.db")))?;
+    old.execute_batch(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY);
+         INSERT INTO schema_migrations (version) VALUES (1), (2);",
+    )?;
+    old.execute_batch(schema)?;
+    Ok(())
+}
+
 /// Payment picks each new id (its order's id too) itself, one past the
 /// table's sequence: on a database that already holds payments, ids go on
 /// from the last one, and what was there reads the same.
 #[tokio::test]
 async fn payment_ids_go_on_from_an_existing_database() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    {
-        let old = rusqlite::Connection::open(dir.path().join("payment.db"))?;
-        old.execute_batch(
-            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY);
-             INSERT INTO schema_migrations (version) VALUES (1), (2);
-             CREATE TABLE payments (
-                 id INTEGER PRIMARY KEY AUTOINCREMENT,
-                 order_id INTEGER NOT NULL,
-                 car_id INTEGER NOT NULL,
-                 qty INTEGER NOT NULL,
-                 customer TEXT NOT NULL,
-                 status TEXT NOT NULL
-             );
-             CREATE INDEX payments_by_order ON payments (order_id);
-             INSERT INTO payments VALUES (7, 7, 1, 2, 'kim', 'CANCELLED');",
-        )?;
-    }
+    database_at_migration_2(
+        dir.path(),
+        "payment",
+        "CREATE TABLE payments (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             order_id INTEGER NOT NULL,
+             car_id INTEGER NOT NULL,
+             qty INTEGER NOT NULL,
+             customer TEXT NOT NULL,
+             status TEXT NOT NULL
+         );
+         CREATE INDEX payments_by_order ON payments (order_id);
+         INSERT INTO payments VALUES (7, 7, 1, 2, 'kim', 'CANCELLED');",
+    )?;
     let host = Host::start(dir.path())?;
     let (status, payment) = host.get("/payments/7").await?;
     assert_eq!(status, 200, "{payment}");
@@ -93,24 +102,21 @@ async fn payment_ids_go_on_from_an_existing_database() -> anyhow::Result<()> {
 #[tokio::test]
 async fn orders_of_an_older_schema_are_migrated() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    {
-        let old = rusqlite::Connection::open(dir.path().join("order.db"))?;
-        old.execute_batch(
-            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY);
-             INSERT INTO schema_migrations (version) VALUES (1), (2);
-             CREATE TABLE orders (
-                 id INTEGER PRIMARY KEY,
-                 car_id INTEGER NOT NULL,
-                 qty INTEGER NOT NULL,
-                 customer TEXT NOT NULL,
-                 status TEXT NOT NULL,
-                 payment_id INTEGER NOT NULL,
-                 idempotency_key TEXT UNIQUE
-             );
-             CREATE TABLE abandoned (id INTEGER PRIMARY KEY);
-             INSERT INTO orders VALUES (3, 1, 1, 'lee', 'RESERVED', 3, 'k-3'), (4, 1, 2, 'kim', 'CANCELLED', 4, NULL);",
-        )?;
-    }
+    database_at_migration_2(
+        dir.path(),
+        "order",
+        "CREATE TABLE orders (
+             id INTEGER PRIMARY KEY,
+             car_id INTEGER NOT NULL,
+             qty INTEGER NOT NULL,
+             customer TEXT NOT NULL,
+             status TEXT NOT NULL,
+             payment_id INTEGER NOT NULL,
+             idempotency_key TEXT UNIQUE
+         );
+         CREATE TABLE abandoned (id INTEGER PRIMARY KEY);
+         INSERT INTO orders VALUES (3, 1, 1, 'lee', 'RESERVED', 3, 'k-3'), (4, 1, 2, 'kim', 'CANCELLED', 4, NULL);",
+    )?;
     let host = Host::start(dir.path())?;
     let (_, orders) = host.get("/orders").await?;
     let ids: Vec<_> = orders
