@@ -142,6 +142,9 @@ impl Relay {
                         id, topic, key, kind, source, time, version, payload, request_id
                     ])?;
                 }
+                // The host's append reads the log's head to wake the
+                // topic's dispatchers; nothing here waits on it, but the
+                // ceiling pays the same statement.
                 conn.prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")?
                     .query_row([], |row| row.get::<_, i64>(0))?;
                 conn.execute_batch("COMMIT")?;
