@@ -46,9 +46,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let runtime = Arc::new(runtime);
-    telemetry::install();
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    telemetry::start(&token, &tracker);
     delivery::start(&runtime, &token, &tracker);
     if watch {
         watch::start(runtime.clone(), token.clone(), &tracker)?;
