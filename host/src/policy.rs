@@ -128,7 +128,44 @@ pub struct Policy {
 /// A call let through: holds its bulkhead slot until dropped.
 pub struct Ticket<'a> {
     _permit: SemaphorePermit<'a>,
+    admitted: Admitted<'a>,
+}
+
+/// What the breaker granted, until the call's outcome is recorded. A probe
+/// dropped unrecorded (the bulkhead refused it, or its caller went away)
+/// lets another probe try: a call that never finished says nothing about
+/// the callee, and the circuit must not stay half-open for good.
+struct Admitted<'a> {
+    policy: &'a Policy,
     admission: Admission,
+    recorded: bool,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if !self.recorded && self.admission == Admission::Probe {
+            self.policy.breaker().state = State::HalfOpen { probing: false };
+        }
+    }
+}
+
+/// A caller waiting for a bulkhead slot: leaves the queue when dropped,
+/// also when the caller gives up waiting.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    /// Joins the queue, unless `max` callers are waiting already.
+    fn join(waiting: &'a AtomicUsize, max: usize) -> Option<Queued<'a>> {
+        let ahead = waiting.fetch_add(1, Ordering::SeqCst);
+        let queued = Queued(waiting);
+        (ahead < max).then_some(queued)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Policy {
@@ -144,40 +181,33 @@ impl Policy {
     /// Admits a call, or refuses it at once: circuit open, or bulkhead and
     /// its queue full. A queued caller waits for a slot.
     pub async fn admit(&self) -> Result<Ticket<'_>, Refused> {
-        let admission = self.breaker().admit(Instant::now())?;
+        let admitted = Admitted {
+            policy: self,
+            admission: self.breaker().admit(Instant::now())?,
+            recorded: false,
+        };
         let permit = match self.bulkhead.try_acquire() {
             Ok(permit) => permit,
             Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.link.max_queue as usize {
-                    self.waiting.fetch_sub(1, Ordering::SeqCst);
-                    self.release_probe(admission);
-                    return Err(Refused::BulkheadFull);
-                }
-                let permit = self.bulkhead.acquire().await;
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                let _queued = Queued::join(&self.waiting, self.link.max_queue as usize).ok_or(Refused::BulkheadFull)?;
                 // The semaphore is never closed.
-                permit.expect("bulkhead semaphore is open")
+                self.bulkhead.acquire().await.expect("bulkhead semaphore is open")
             }
         };
         Ok(Ticket {
             _permit: permit,
-            admission,
+            admitted,
         })
     }
 
     /// Records how an admitted call went: a failure is an error or a call
     /// slower than `slow_call_ms`.
     pub fn record(&self, ticket: Ticket<'_>, failed: bool, elapsed: Duration) {
+        let mut admitted = ticket.admitted;
+        admitted.recorded = true;
         let slow = elapsed >= Duration::from_millis(self.link.circuit.slow_call_ms);
-        self.breaker().record(Instant::now(), ticket.admission, failed || slow);
-    }
-
-    /// A probe refused by the bulkhead never ran: let another one try.
-    fn release_probe(&self, admission: Admission) {
-        if admission == Admission::Probe {
-            let mut breaker = self.breaker();
-            breaker.state = State::HalfOpen { probing: false };
-        }
+        self.breaker()
+            .record(Instant::now(), admitted.admission, failed || slow);
     }
 
     pub fn circuit_state(&self) -> &'static str {
@@ -191,6 +221,8 @@ impl Policy {
 
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt as _;
+
     use super::*;
 
     fn breaker() -> Breaker {
@@ -226,6 +258,47 @@ mod tests {
         assert_eq!(b.admit(much_later), Ok(Admission::Probe));
         b.record(much_later, Admission::Probe, false);
         assert_eq!(b.admit(much_later), Ok(Admission::Normal));
+    }
+
+    fn policy(max_concurrent: u32, max_queue: u32) -> Policy {
+        let link: Link = toml::from_str(&format!(
+            "from = 'order'\nto = 'payment'\ninterface = 'i'\n\
+             max_concurrent = {max_concurrent}\nmax_queue = {max_queue}\n\
+             [circuit]\nconsecutive_failures = 1\nopen_ms = 0"
+        ))
+        .unwrap();
+        Policy::new(link)
+    }
+
+    #[test]
+    fn a_probe_that_never_finishes_lets_another_one_try() {
+        let policy = policy(1, 0);
+        let ticket = policy.admit().now_or_never().unwrap().unwrap();
+        policy.record(ticket, true, Duration::ZERO);
+        assert_eq!(policy.circuit_state(), "open");
+
+        // The probe's caller goes away before the call returns.
+        let probe = policy.admit().now_or_never().unwrap().unwrap();
+        assert_eq!(policy.circuit_state(), "half-open");
+        drop(probe);
+        let probe = policy.admit().now_or_never().unwrap().expect("a new probe");
+        policy.record(probe, false, Duration::ZERO);
+        assert_eq!(policy.circuit_state(), "closed");
+    }
+
+    #[test]
+    fn a_caller_that_stops_waiting_leaves_the_queue() {
+        let policy = policy(1, 1);
+        let _busy = policy.admit().now_or_never().unwrap().unwrap();
+        let mut waiting = Box::pin(policy.admit());
+        assert!(waiting.as_mut().now_or_never().is_none(), "queued");
+        assert!(matches!(
+            policy.admit().now_or_never(),
+            Some(Err(Refused::BulkheadFull))
+        ));
+        // The caller times out, dropping its wait: its place is free again.
+        drop(waiting);
+        assert!(policy.admit().now_or_never().is_none(), "queued again");
     }
 
     #[test]
