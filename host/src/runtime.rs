@@ -8,7 +8,7 @@
 //! swaps it in atomically.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -219,6 +219,7 @@ impl Runtime {
                 "`{name}` has no previous version"
             )));
         };
+        self.swap_deployed(name).map_err(DeployError::Refused)?;
         self.registry.rollback(name);
         tracing::info!(component = name, version = %previous.version, "rolled back");
         Ok(self.registry.status(name).expect("rolled back above"))
@@ -232,11 +233,35 @@ impl Runtime {
             .join(format!("{name}.wasm"))
     }
 
+    /// The previous version's wasm, kept so that a rollback outlives a
+    /// restart; absent while the previous version is the one at the
+    /// component's `path` in runtime.toml.
+    fn previous_path(&self, name: &str) -> PathBuf {
+        self.deployed_path(name).with_extension("previous.wasm")
+    }
+
+    /// Keeps `wasm` as the version to load at start-up; the one kept so far
+    /// becomes the previous one.
     fn persist(&self, name: &str, wasm: &[u8]) -> anyhow::Result<()> {
         let path = self.deployed_path(name);
         let temporary = path.with_extension("wasm.tmp");
         std::fs::write(&temporary, wasm).with_context(|| format!("cannot write {}", temporary.display()))?;
+        let previous = self.previous_path(name);
+        if !rename_if_present(&path, &previous)? {
+            remove_if_present(&previous)?;
+        }
         std::fs::rename(&temporary, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+
+    /// After a rollback, start-up loads the previous version, and the one
+    /// rolled back from becomes the previous one, as in the registry.
+    fn swap_deployed(&self, name: &str) -> anyhow::Result<()> {
+        let (current, previous) = (self.deployed_path(name), self.previous_path(name));
+        let swapping = current.with_extension("wasm.swap");
+        rename_if_present(&current, &swapping)?;
+        rename_if_present(&previous, &current)?;
+        rename_if_present(&swapping, &previous)?;
         Ok(())
     }
 
@@ -350,4 +375,22 @@ fn digest(wasm: &[u8]) -> String {
 /// The distinct topics some component subscribes to.
 pub fn topics(config: &Config) -> BTreeSet<&str> {
     config.components.values().flat_map(|c| c.topics()).collect()
+}
+
+/// Renames `from` to `to`; `false` if there was no `from`.
+fn rename_if_present(from: &Path, to: &Path) -> anyhow::Result<bool> {
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err).with_context(|| format!("cannot rename {} to {}", from.display(), to.display())),
+    }
+}
+
+fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(err).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }

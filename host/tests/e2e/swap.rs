@@ -190,3 +190,45 @@ async fn watch_swaps_a_rebuilt_file_and_the_cli_deploys() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// The running version of `name`, as `GET /admin/components` reports it.
+async fn version(host: &Host, name: &str) -> anyhow::Result<Value> {
+    let (_, components) = host.admin(Method::GET, "/admin/components").await?;
+    let component = components.as_array().unwrap().iter().find(|c| c["name"] == name);
+    Ok(component.unwrap()["version"].clone())
+}
+
+#[tokio::test]
+async fn a_rollback_outlives_a_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut host = Host::start(dir.path())?;
+    let original = version(&host, "payment").await?;
+
+    // Back to the version of runtime.toml.
+    assert_eq!(deploy(&host, "payment", variant("payment", "two")?).await?.0, 200);
+    let (status, rolled) = host.admin(Method::POST, "/admin/components/payment/rollback").await?;
+    assert_eq!((status, &rolled["version"]), (200, &original), "{rolled}");
+    host.terminate()?;
+    let mut host = Host::start(dir.path())?;
+    assert_eq!(
+        version(&host, "payment").await?,
+        original,
+        "runtime.toml's version after a restart"
+    );
+
+    // Back to a deployed version.
+    assert_eq!(deploy(&host, "payment", variant("payment", "three")?).await?.0, 200);
+    let three = version(&host, "payment").await?;
+    assert_eq!(deploy(&host, "payment", variant("payment", "four")?).await?.0, 200);
+    let (status, rolled) = host.admin(Method::POST, "/admin/components/payment/rollback").await?;
+    assert_eq!((status, &rolled["version"]), (200, &three), "{rolled}");
+    host.terminate()?;
+    let host = Host::start(dir.path())?;
+    assert_eq!(
+        version(&host, "payment").await?,
+        three,
+        "the rolled-back-to version after a restart"
+    );
+    host.order(host.car("Restarted", 1).await?, 1).await?;
+    Ok(())
+}
