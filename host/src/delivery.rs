@@ -201,6 +201,7 @@ impl Outbox {
             bus.append(&events).await?;
             self.relayed = last;
             tracing::debug!(events = events.len(), "relayed");
+            self.delete(slot, false).await?;
         }
     }
 
