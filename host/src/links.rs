@@ -202,8 +202,10 @@ impl Call<'_> {
         let func = instance.get_func(&mut store, index).context("function not exported")?;
         let mut results = [Val::Bool(false)];
         func.call_async(&mut store, params, &mut results).await?;
-        callee.finish(&mut store, true)?;
         let [result] = results;
+        // Every linked function returns `result<_, call-error>`: an error
+        // leaves no trace (say, a payment inserted before its event failed).
+        callee.finish(&mut store, !matches!(result, Val::Result(Err(_))))?;
         Ok(result)
     }
 }
