@@ -14,6 +14,8 @@ pub enum ApiError {
     TooLarge { limit: usize },
     #[error("malformed request: {0}")]
     BadRequest(String),
+    #[error("the request body did not arrive within {ms} ms")]
+    SlowBody { ms: u128 },
     #[error("component `{0}` is not running")]
     Unavailable(String),
     #[error("component `{0}` is at its limit of concurrent instances; retry shortly")]
@@ -32,6 +34,7 @@ impl ApiError {
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "not-found"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid-request"),
+            ApiError::SlowBody { .. } => (StatusCode::REQUEST_TIMEOUT, "request-timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::FaultInjected(_) => (StatusCode::SERVICE_UNAVAILABLE, "fault-injected"),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -100,6 +100,23 @@ async fn route(runtime: &Runtime, request: Request, request_id: &str) -> Result<
         .get(name)
         .ok_or_else(|| ApiError::Unavailable(name.into()))?;
     let limits = loaded.slot.limits;
+    let (mut parts, body) = request.into_parts();
+    match parts.headers.get(header::HOST) {
+        None => {
+            parts
+                .headers
+                .insert(header::HOST, HeaderValue::from_static("localhost"));
+        }
+        // wasi:http hands the guest the authority as a string.
+        Some(host) if host.to_str().is_err() => {
+            return Err(ApiError::BadRequest("the Host header must be visible ASCII".into()));
+        }
+        Some(_) => {}
+    }
+    // The body arrives before an instance is taken, and within the deadline:
+    // slow senders must not hold the component's instances.
+    let body = read_body(body, limits.max_request_bytes, limits.timeout()).await?;
+    let request = hyper::Request::from_parts(parts, Full::new(body));
     // Beyond `max_instances` a request waits for a free instance, within
     // its deadline: a flood of requests costs the host a queue, not CPU.
     let _instance = match loaded.slot.instances.try_acquire() {
@@ -109,15 +126,6 @@ async fn route(runtime: &Runtime, request: Request, request_id: &str) -> Result<
             _ => return Err(ApiError::Busy(name.into())),
         },
     };
-
-    let (mut parts, body) = request.into_parts();
-    let body = read_body(body, limits.max_request_bytes).await?;
-    if !parts.headers.contains_key(header::HOST) {
-        parts
-            .headers
-            .insert(header::HOST, HeaderValue::from_static("localhost"));
-    }
-    let request = hyper::Request::from_parts(parts, Full::new(body));
     if runtime.faults.inject(name).await {
         return Err(ApiError::FaultInjected(name.into()));
     }
@@ -132,8 +140,20 @@ async fn route(runtime: &Runtime, request: Request, request_id: &str) -> Result<
 /// of a reset connection; beyond it the connection is simply closed.
 const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
-/// Buffers a request body of at most `limit` bytes.
-async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Buffers a request body of at most `limit` bytes that arrives within
+/// `deadline`.
+async fn read_body(body: Body, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    tokio::time::timeout(deadline, buffer(body, limit))
+        .await
+        .map_err(|_| ApiError::SlowBody {
+            ms: deadline.as_millis(),
+        })?
+}
+
+async fn buffer(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let mut buffer = bytes::BytesMut::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {

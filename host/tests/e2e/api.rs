@@ -100,6 +100,13 @@ async fn bad_input_gets_4xx_json_errors() -> anyhow::Result<()> {
         .send(reqwest::Client::new().delete(format!("{}/cars/1", host.base)))
         .await?;
     assert_error(status, &response, 405, "DELETE /cars/1");
+
+    let latin1 = reqwest::header::HeaderValue::from_bytes(b"caf\xe9")?;
+    let request = reqwest::Client::new()
+        .get(format!("{}/cars", host.base))
+        .header(reqwest::header::HOST, latin1);
+    let (status, response) = host.send(request).await?;
+    assert_error(status, &response, 400, "a Host header that is not ASCII");
     Ok(())
 }
 
