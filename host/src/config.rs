@@ -376,6 +376,13 @@ impl Config {
                 if subscription.topic().is_empty() {
                     return invalid(format!("component `{name}` subscribes to an empty topic name"));
                 }
+                // A topic is the component that publishes on it.
+                if !self.components.contains_key(subscription.topic()) {
+                    return invalid(format!(
+                        "component `{name}` subscribes to `{}`, but no component of that name publishes it",
+                        subscription.topic()
+                    ));
+                }
                 if let Subscription::Types(typed) = subscription
                     && typed.types.is_empty()
                 {
@@ -548,6 +555,10 @@ mod tests {
             [components.a]
             path = "a.wasm"
             subscribe = ["t", { topic = "u", types = ["A", "B"] }]
+            [components.t]
+            path = "t.wasm"
+            [components.u]
+            path = "u.wasm"
             "#,
         )
         .unwrap();
@@ -557,13 +568,17 @@ mod tests {
         assert!(a.subscribe[1].wants("B") && !a.subscribe[1].wants("C"));
 
         let refused = |subscribe: &str| {
-            parse(&format!("[components.a]\npath = \"a.wasm\"\nsubscribe = {subscribe}\n"))
-                .unwrap_err()
-                .to_string()
+            let others = "[components.t]\npath = \"t.wasm\"\n[components.u]\npath = \"u.wasm\"\n";
+            parse(&format!(
+                "{others}[components.a]\npath = \"a.wasm\"\nsubscribe = {subscribe}\n"
+            ))
+            .unwrap_err()
+            .to_string()
         };
         assert!(refused(r#"[{ topic = "u" }]"#).contains("a topic name, or a table"));
         assert!(refused(r#"[{ topic = "u", types = [] }]"#).contains("no event type of `u`"));
         assert!(refused(r#"["t", { topic = "t", types = ["A"] }]"#).contains("`t` twice"));
         assert!(refused(r#"[""]"#).contains("empty topic name"));
+        assert!(refused(r#"["v"]"#).contains("no component of that name publishes it"));
     }
 }

@@ -630,7 +630,9 @@ async fn retention(
         } else {
             now_ms().saturating_sub(delivery.retention_hours * 3_600_000)
         };
-        for topic in crate::runtime::topics(&config) {
+        // Every topic in the log: one per component (its own), whether or
+        // not anyone subscribes to it.
+        for topic in config.components.keys().map(String::as_str) {
             let mut delivered = u64::MAX;
             for (name, settings) in &config.components {
                 if settings.topics().any(|t| t == topic) {

@@ -34,6 +34,14 @@ impl Host for Invocation {
         {
             return Ok(Err(format!("topic, key and type must be 1 to {MAX_NAME} bytes")));
         }
+        // A context speaks only for itself: no component can forge another's
+        // events (say, order publishing a `PaymentApproved`).
+        if topic != *self.component {
+            return Ok(Err(format!(
+                "`{}` may publish only to its own topic, `{}`",
+                self.component, self.component
+            )));
+        }
         if payload.len() > MAX_PAYLOAD {
             return Ok(Err(format!("payload is over {MAX_PAYLOAD} bytes")));
         }

@@ -7,7 +7,6 @@
 //! through the same steps (the readiness gate) off the request path, then
 //! swaps it in atomically.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -370,11 +369,6 @@ const PROGRESS: std::time::Duration = std::time::Duration::from_secs(2);
 /// SHA-256 of the wasm, in hex: a version's identity.
 fn digest(wasm: &[u8]) -> String {
     Sha256::digest(wasm).iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// The distinct topics some component subscribes to.
-pub fn topics(config: &Config) -> BTreeSet<&str> {
-    config.components.values().flat_map(|c| c.topics()).collect()
 }
 
 /// Renames `from` to `to`; `false` if there was no `from`.

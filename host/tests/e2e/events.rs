@@ -192,3 +192,30 @@ async fn a_commit_midway_keeps_what_came_before_it() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_component_publishes_only_to_its_own_topic() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = probe_config(dir.path(), "")?;
+    let probe = Host::start_with(&config, &dir.path().join("data"))?;
+
+    // Forging another context's event fails the invocation, which rolls
+    // everything back: nothing reaches the log.
+    let (status, body) = probe
+        .post("/probe/publish", json!({ "topic": "payment", "keys": 1, "count": 1 }))
+        .await?;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("only to its own topic"),
+        "{body}"
+    );
+    let (status, _) = probe
+        .post("/probe/publish", json!({ "topic": "probe", "keys": 1, "count": 1 }))
+        .await?;
+    assert_eq!(status, 202);
+    eventually("the probe's own event", Duration::from_secs(10), || async {
+        Ok((seen(&probe).await?.len() == 1).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
