@@ -180,13 +180,9 @@ async fn reset(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) ->
         Ok(Err(refusal)) => return error(StatusCode::CONFLICT, "cannot-reset", &refusal),
         Err(err) => return internal(err),
     }
-    for topic in settings.topics() {
-        if let Err(err) = runtime.bus.commit(&name, topic, 0).await {
-            return internal(err);
-        }
-        runtime.stats.update(&name, topic, |s| s.position = None);
+    if let Err(err) = runtime.rewind(&loaded).await {
+        return internal(err);
     }
-    loaded.slot.resets.send_modify(|generation| *generation += 1);
     tracing::info!(component = %name, "subscriptions reset; replaying the log");
     (
         StatusCode::ACCEPTED,

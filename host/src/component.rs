@@ -213,7 +213,7 @@ impl Loaded {
             .txn
             .conn()
             .await?
-            .execute("DELETE FROM _rc_inbox", [])?;
+            .execute_batch("DELETE FROM _rc_inbox; INSERT INTO _rc_rewind (pending) VALUES (1)")?;
         self.finish(&mut store, true)?;
         Ok(Ok(()))
     }

@@ -58,6 +58,9 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID",
     // The request that caused the event, to follow it across contexts.
     "ALTER TABLE _rc_outbox ADD COLUMN request_id TEXT",
+    // A row here: the component was reset (in the same transaction) and its
+    // positions in the log are not rewound yet. See `Runtime::rewind`.
+    "CREATE TABLE _rc_rewind (pending INTEGER NOT NULL)",
 ];
 
 /// A component's database.

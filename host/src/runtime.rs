@@ -103,7 +103,36 @@ impl Runtime {
                 .await
                 .with_context(|| format!("component `{name}`"))?;
         }
+        for loaded in runtime.registry.all() {
+            let pending =
+                loaded
+                    .slot
+                    .db
+                    .lock()
+                    .await
+                    .query_row("SELECT EXISTS (SELECT 1 FROM _rc_rewind)", [], |row| row.get(0))?;
+            if pending {
+                tracing::warn!(component = %loaded.name(), "finishing a reset the host stopped in the middle of");
+                runtime.rewind(&loaded).await?;
+            }
+        }
         Ok(runtime)
+    }
+
+    /// The second half of a reset (the first, `Loaded::reset`, emptied the
+    /// component and its inbox and left a row in `_rc_rewind`, in one
+    /// transaction): every subscription of the component starts over from
+    /// the beginning of the log, then the row goes. Start-up finishes a
+    /// reset that a crash interrupted, so the two commits act as one.
+    pub async fn rewind(&self, loaded: &Loaded) -> anyhow::Result<()> {
+        let name = loaded.name();
+        for topic in self.config.components[name].topics() {
+            self.bus.commit(name, topic, 0).await?;
+            self.stats.update(name, topic, |s| s.position = None);
+        }
+        loaded.slot.db.lock().await.execute("DELETE FROM _rc_rewind", [])?;
+        loaded.slot.resets.send_modify(|generation| *generation += 1);
+        Ok(())
     }
 
     async fn load_component(&self, name: &str) -> anyhow::Result<()> {

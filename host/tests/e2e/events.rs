@@ -155,6 +155,31 @@ async fn resetting_the_view_rebuilds_it_from_the_log() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_reset_cut_short_by_a_crash_is_finished_at_start_up() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut host = Host::start(dir.path())?;
+    let car = host.car("Niro", 4).await?;
+    host.order(car, 1).await?;
+    let before = wait_for(&host, &format!("/availability/{car}"), "available", json!(3)).await?;
+    // Stopped cleanly, so that the positions are saved at the head of the
+    // log: nothing would be delivered again without the rewind.
+    host.terminate()?;
+
+    // What the reset's first commit leaves if the host dies before the
+    // second: the view and its inbox emptied, the rewind pending, the
+    // positions still at the head of the log.
+    let view = rusqlite::Connection::open(dir.path().join("view.db"))?;
+    view.execute_batch("DELETE FROM availability; DELETE FROM _rc_inbox; INSERT INTO _rc_rewind VALUES (1);")?;
+    drop(view);
+
+    let host = Host::start(dir.path())?;
+    let after = wait_for(&host, &format!("/availability/{car}"), "available", json!(3)).await?;
+    assert_eq!(after, before);
+    assert!(host.log().contains("finishing a reset"), "{}", host.log());
+    Ok(())
+}
+
+#[tokio::test]
 async fn retention_bounds_the_log_once_events_are_delivered() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = probe_config(dir.path(), "retention_events = 10\nretention_interval_ms = 100")?;
