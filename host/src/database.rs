@@ -23,16 +23,25 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use rusqlite::Connection;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::limits::Limit;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// Host tables in every component database: their names start with this
 /// prefix, and a guest statement that mentions it is refused.
 pub const HOST_TABLE_PREFIX: &str = "_rc_";
+
+/// Longest string or blob a statement may make (`SQLITE_LIMIT_LENGTH`).
+const MAX_VALUE_BYTES: i32 = 16 * 1024 * 1024;
+/// Longest statement text (`SQLITE_LIMIT_SQL_LENGTH`).
+const MAX_STATEMENT_BYTES: i32 = 1024 * 1024;
+/// SQLite virtual machine steps between two checks of the deadline.
+const PROGRESS_STEPS: i32 = 10_000;
 
 /// Host-owned schema, applied in order and tracked by `PRAGMA user_version`.
 /// The guest's own tables are migrated by its `init` export.
@@ -67,9 +76,13 @@ const MIGRATIONS: &[&str] = &[
 pub struct Database {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
-    /// Set while a guest statement is being prepared, so that the authorizer
-    /// applies the guest's restrictions to it and not to the host's own.
-    guest: Arc<AtomicBool>,
+    /// Whose statement is being prepared ([`HOST`], [`GUEST`] or
+    /// [`GUEST_DDL`]), so that the authorizer applies the guest's
+    /// restrictions to the guest's statements and not to the host's own.
+    guest: Arc<AtomicU8>,
+    /// While a guest statement runs, when it is interrupted (ms since the
+    /// Unix epoch; 0: never).
+    deadline: Arc<AtomicU64>,
 }
 
 impl Database {
@@ -87,19 +100,30 @@ impl Database {
         migrate(&conn).with_context(|| format!("failed to migrate database {}", path.display()))?;
         stable_plans(&conn)?;
 
-        let guest = Arc::new(AtomicBool::new(false));
-        let flag = guest.clone();
-        conn.authorizer(Some(move |context: AuthContext<'_>| {
-            if flag.load(Ordering::Relaxed) {
-                authorize_guest(&context)
-            } else {
-                Authorization::Allow
-            }
-        }));
+        // A value or a statement the host would have to hold in memory is
+        // bounded (the defaults are 1 GB).
+        conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)?;
+        conn.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, MAX_STATEMENT_BYTES)?;
+        // A guest statement past its invocation's deadline is interrupted:
+        // the epoch deadline cannot stop SQLite, which runs on the host.
+        let deadline = Arc::new(AtomicU64::new(0));
+        let watched = deadline.clone();
+        conn.progress_handler(
+            PROGRESS_STEPS,
+            Some(move || {
+                let at = watched.load(Ordering::Relaxed);
+                at != 0 && crate::delivery::now_ms() >= at
+            }),
+        );
+
+        let guest = Arc::new(AtomicU8::new(HOST));
+        let preparing = guest.clone();
+        conn.authorizer(Some(move |context: AuthContext<'_>| authorize(&preparing, &context)));
         Ok(Database {
             path: path.to_owned(),
             conn: Arc::new(Mutex::new(conn)),
             guest,
+            deadline,
         })
     }
 
@@ -110,6 +134,16 @@ impl Database {
     /// Waits for the database's write turn.
     pub async fn lock(&self) -> OwnedMutexGuard<Connection> {
         self.conn.clone().lock_owned().await
+    }
+
+    /// Runs `f` (a guest statement) so that it is interrupted at `deadline`.
+    pub fn until<R>(&self, deadline: Instant, f: impl FnOnce() -> R) -> R {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let at = crate::delivery::now_ms() + left.as_millis() as u64;
+        self.deadline.store(at.max(1), Ordering::Relaxed);
+        let result = f();
+        self.deadline.store(0, Ordering::Relaxed);
+        result
     }
 
     /// Prepares a guest statement (cached) under the guest's restrictions.
@@ -124,9 +158,9 @@ impl Database {
                 Some(format!("names starting with `{HOST_TABLE_PREFIX}` belong to the host")),
             ));
         }
-        self.guest.store(true, Ordering::Relaxed);
+        self.guest.store(GUEST, Ordering::Relaxed);
         let prepared = conn.prepare_cached(statement);
-        self.guest.store(false, Ordering::Relaxed);
+        self.guest.store(HOST, Ordering::Relaxed);
         prepared
     }
 }
@@ -166,8 +200,39 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Who prepares a statement (see `Database::guest`).
+const HOST: u8 = 0;
+const GUEST: u8 = 1;
+/// A guest statement that drops or renames a table or an index: SQLite then
+/// updates its own bookkeeping for it, which the guest may not otherwise.
+const GUEST_DDL: u8 = 2;
+
+fn authorize(preparing: &AtomicU8, context: &AuthContext<'_>) -> Authorization {
+    match preparing.load(Ordering::Relaxed) {
+        HOST => Authorization::Allow,
+        _ if matches!(
+            context.action,
+            AuthAction::DropTable { .. } | AuthAction::DropIndex { .. } | AuthAction::AlterTable { .. }
+        ) =>
+        {
+            preparing.store(GUEST_DDL, Ordering::Relaxed);
+            Authorization::Allow
+        }
+        GUEST_DDL => match context.action {
+            AuthAction::Delete { table_name } | AuthAction::Update { table_name, .. }
+                if is_sqlite_table(table_name) =>
+            {
+                Authorization::Allow
+            }
+            _ => authorize_guest(context),
+        },
+        _ => authorize_guest(context),
+    }
+}
+
 /// What a guest statement may not do: reach another database, change the
-/// connection's settings, or take over the host's transaction.
+/// connection's settings, take over the host's transaction, or write
+/// SQLite's own bookkeeping.
 fn authorize_guest(context: &AuthContext<'_>) -> Authorization {
     match context.action {
         AuthAction::Attach { .. }
@@ -180,8 +245,26 @@ fn authorize_guest(context: &AuthContext<'_>) -> Authorization {
         AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => {
             Authorization::Deny
         }
+        // SQLite's own bookkeeping: `sqlite_sequence` also numbers the
+        // host's outbox, and rewinding it would lose events.
+        AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::Update { table_name, .. }
+            if is_sqlite_table(table_name) =>
+        {
+            Authorization::Deny
+        }
         _ => Authorization::Allow,
     }
+}
+
+/// `sqlite_sequence` and the planner's `sqlite_stat*`. (`sqlite_schema` is
+/// written by every `CREATE`, which the authorizer judges on its own.)
+fn is_sqlite_table(name: &str) -> bool {
+    name.eq_ignore_ascii_case("sqlite_sequence")
+        || name
+            .get(..11)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("sqlite_stat"))
 }
 
 // The host's transaction control, prepared once and cached on the
@@ -272,7 +355,9 @@ impl Transaction {
     }
 
     pub fn rollback(&mut self) {
+        // (A guest statement may have ended the transaction already.)
         if let Some(conn) = self.conn.take()
+            && !conn.is_autocommit()
             && let Err(err) = conn
                 .prepare_cached(ROLLBACK)
                 .and_then(|mut rollback| rollback.execute([]))
@@ -323,8 +408,22 @@ mod tests {
             "SELECT * FROM _rc_outbox",
             "DELETE FROM _RC_INBOX",
             "SELECT load_extension('x')",
+            "UPDATE sqlite_sequence SET seq = 0",
+            "DELETE FROM sqlite_sequence",
+            "INSERT INTO sqlite_sequence VALUES ('cars', 1)",
         ] {
             assert!(db.prepare_guest(conn, denied).is_err(), "{denied} must be denied");
+        }
+        // Dropping or renaming its own tables updates SQLite's bookkeeping.
+        for ddl in [
+            "CREATE TABLE numbered (id INTEGER PRIMARY KEY AUTOINCREMENT)",
+            "CREATE INDEX numbered_by_id ON numbered (id)",
+            "INSERT INTO numbered DEFAULT VALUES",
+            "DROP INDEX numbered_by_id",
+            "ALTER TABLE numbered RENAME TO renumbered",
+            "DROP TABLE renumbered",
+        ] {
+            db.prepare_guest(conn, ddl)?.execute([])?;
         }
         // The host's own statements still run on the same connection...
         conn.execute_batch("SELECT COUNT(*) FROM _rc_outbox")?;

@@ -9,16 +9,16 @@ use crate::invocation::Invocation;
 impl Host for Invocation {
     #[tracing::instrument(skip_all, fields(component = %self.component))]
     async fn execute(&mut self, statement: String, params: Vec<Value>) -> wasmtime::Result<Result<Changes, Error>> {
-        Ok(self
+        let changes = self
             .run(&statement, params, |stmt, params| {
                 let rows_affected = stmt.execute(rusqlite::params_from_iter(params))? as u64;
                 Ok(rows_affected)
             })
-            .await
-            .map(|(rows_affected, last_insert_id)| Changes {
-                rows_affected,
-                last_insert_id,
-            }))
+            .await?;
+        Ok(changes.map(|(rows_affected, last_insert_id)| Changes {
+            rows_affected,
+            last_insert_id,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(component = %self.component))]
@@ -27,22 +27,28 @@ impl Host for Invocation {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<Vec<Vec<Value>>, Error>> {
-        Ok(self
+        let rows = self
             .run(&statement, params, |stmt, params| {
                 let columns = stmt.column_count();
                 let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
-                let mut out = Vec::new();
+                let (mut out, mut bytes) = (Vec::new(), 0);
                 while let Some(row) = rows.next()? {
-                    out.push(
-                        (0..columns)
-                            .map(|i| row.get_ref(i).map(to_guest))
-                            .collect::<rusqlite::Result<_>>()?,
-                    );
+                    let row: Vec<Value> = (0..columns)
+                        .map(|i| row.get_ref(i).map(to_guest))
+                        .collect::<rusqlite::Result<_>>()?;
+                    bytes += row.iter().map(size).sum::<usize>();
+                    if bytes > MAX_RESULT_BYTES {
+                        return Err(rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_TOOBIG),
+                            Some(format!("the result is over {MAX_RESULT_BYTES} bytes")),
+                        ));
+                    }
+                    out.push(row);
                 }
                 Ok(out)
             })
-            .await
-            .map(|(rows, _)| rows))
+            .await?;
+        Ok(rows.map(|(rows, _)| rows))
     }
 
     #[tracing::instrument(skip_all, fields(component = %self.component))]
@@ -63,17 +69,44 @@ impl Invocation {
         Ok(())
     }
 
+    /// Runs a guest statement in the invocation's transaction, interrupted
+    /// at the invocation's deadline. The outer error traps the guest.
     async fn run<R>(
         &mut self,
         statement: &str,
         params: Vec<Value>,
         f: impl FnOnce(&mut rusqlite::CachedStatement<'_>, Vec<SqlValue>) -> rusqlite::Result<R>,
-    ) -> Result<(R, i64), Error> {
-        self.txn.conn().await.map_err(to_error)?;
+    ) -> wasmtime::Result<Result<(R, i64), Error>> {
+        if let Err(err) = self.txn.conn().await {
+            return Ok(Err(to_error(err)));
+        }
         let (db, conn) = self.txn.parts();
-        let mut stmt = db.prepare_guest(conn, statement).map_err(to_error)?;
-        let result = f(&mut stmt, params.into_iter().map(from_guest).collect()).map_err(to_error)?;
-        Ok((result, conn.last_insert_rowid()))
+        let result = db.until(self.deadline, || {
+            let mut stmt = db.prepare_guest(conn, statement)?;
+            f(&mut stmt, params.into_iter().map(from_guest).collect())
+        });
+        let result = result.map(|rows| (rows, conn.last_insert_rowid())).map_err(to_error);
+        // `INSERT OR ROLLBACK`, `RAISE(ROLLBACK)` and some I/O errors end the
+        // transaction itself: what the invocation did is gone, and what it
+        // would do next must not commit on its own. It fails here.
+        if conn.is_autocommit() {
+            let cause = result.err().map_or_else(|| "no error".into(), |err| format!("{err:?}"));
+            wasmtime::bail!("a statement ended the invocation's transaction ({cause})");
+        }
+        Ok(result)
+    }
+}
+
+/// Most a query may return, in the host's memory before it reaches the
+/// guest's.
+const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Roughly what a value takes in memory.
+fn size(value: &Value) -> usize {
+    16 + match value {
+        Value::Text(text) => text.len(),
+        Value::Blob(blob) => blob.len(),
+        _ => 0,
     }
 }
 

@@ -77,6 +77,42 @@ async fn hostile_components_get_clear_errors_and_the_host_keeps_serving() -> any
 }
 
 #[tokio::test]
+async fn sql_cannot_escape_the_invocations_transaction_or_deadline() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = Host::start_with(&hostile_config(dir.path())?, &dir.path().join("data"))?;
+    let result = |body: &Value| body["result"].as_str().unwrap_or_default().to_string();
+
+    // `INSERT OR ROLLBACK` ends the host's transaction: the invocation fails
+    // there, and its next write does not commit on its own.
+    let (status, body) = host.get("/hostile/sql/rollback").await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (500, Some("component-failed")),
+        "{body}"
+    );
+    let (status, body) = host.get("/hostile/sql/count").await?;
+    assert_eq!((status, result(&body)), (200, "Ok(Some(0))".into()), "{body}");
+
+    // SQLite's bookkeeping (which numbers the host's outbox) is read-only.
+    let (status, body) = host.get("/hostile/sql/sequence").await?;
+    assert!(status == 200 && result(&body).contains("Denied"), "{status} {body}");
+
+    // A statement that never ends is interrupted at the deadline (500 ms),
+    // and the component's database is free again afterwards.
+    let started = Instant::now();
+    let (status, body) = host.get("/hostile/sql/forever").await?;
+    assert!(status == 504 || result(&body).contains("interrupt"), "{status} {body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let (status, body) = host.get("/hostile/sql/count").await?;
+    assert_eq!(status, 200, "{body}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn injected_delay_opens_the_circuit_and_removing_it_closes_it() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let host = Host::start(dir.path())?;

@@ -7,13 +7,22 @@
 //! - `/hostile/huge`: answers with a 100 MiB body;
 //! - `/hostile/trap`: panics (a trap) on every call;
 //! - `/hostile/escape`: tries to read the environment, the filesystem and
-//!   the network, and reports what it got.
+//!   the network, and reports what it got;
+//! - `/hostile/sql/rollback`: ends the host's transaction with
+//!   `INSERT OR ROLLBACK`, then writes again (`/hostile/sql/count` counts
+//!   what was kept);
+//! - `/hostile/sql/sequence`: rewrites `sqlite_sequence`, where the host's
+//!   outbox keeps its ids;
+//! - `/hostile/sql/forever`: a statement that never ends.
+//!
+//! The SQL attacks answer 200 with `{"result": ...}`, the outcome the guest
+//! saw, when the host lets the guest go on.
 
 #![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
 use std::hint::black_box;
 
-use rentcar_sdk::{Request, Response};
+use rentcar_sdk::{Request, Response, db};
 use wasip2::http::types::{Fields, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
 wit_bindgen::generate!({
@@ -33,7 +42,7 @@ struct Component;
 
 impl lifecycle::Guest for Component {
     fn init() -> Result<(), String> {
-        Ok(())
+        db::migrate(&["CREATE TABLE t (k INTEGER PRIMARY KEY)"]).map_err(|err| format!("{err:?}"))
     }
 
     fn reset() -> Result<(), String> {
@@ -70,6 +79,7 @@ fn route(request: Request) -> Response {
         ["hostile", "recurse"] => Response::json(200, &recurse(black_box(1))),
         ["hostile", "trap"] => panic!("trapping on purpose"),
         ["hostile", "escape"] => escape(),
+        ["hostile", "sql", attack] => sql(attack),
         _ => Response::not_found("no such attack"),
     }
 }
@@ -93,6 +103,34 @@ fn flood(out: ResponseOutparam) {
     }
     drop(stream);
     let _ = OutgoingBody::finish(body, None);
+}
+
+fn sql(attack: &str) -> Response {
+    let result = match attack {
+        "rollback" => {
+            let _ = db::execute("INSERT OR ROLLBACK INTO t VALUES (1)", &[]);
+            let _ = db::execute("INSERT OR ROLLBACK INTO t VALUES (1)", &[]);
+            format!("{:?}", db::execute("INSERT INTO t VALUES (2)", &[]))
+        }
+        "count" => format!(
+            "{:?}",
+            db::query_row("SELECT COUNT(*) FROM t", &[]).map(|row| row.map(|r| r.int(0)))
+        ),
+        "sequence" => format!(
+            "{:?}",
+            db::execute("UPDATE sqlite_sequence SET seq = 9223372036854775807", &[])
+        ),
+        "forever" => format!(
+            "{:?}",
+            db::query(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c",
+                &[]
+            )
+            .map(|rows| rows.len())
+        ),
+        _ => return Response::not_found("no such attack"),
+    };
+    Response::json(200, &serde_json::json!({ "result": result }))
 }
 
 fn escape() -> Response {
