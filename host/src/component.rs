@@ -186,36 +186,56 @@ impl Loaded {
             return Ok(());
         };
         let mut store = self.store();
-        store.data_mut().deadline = Instant::now() + self.slot.limits.timeout().max(INIT_DEADLINE);
-        let instance = self.instantiate(&mut store).await?;
-        let lifecycle = indices.load(&mut store, &instance)?;
-        match lifecycle.call_init(&mut store).await? {
-            Ok(()) => self.finish(&mut store, true),
-            Err(message) => Err(anyhow!("init failed: {message}")),
-        }
+        let deadline = self.admin_deadline(&mut store);
+        let init = async {
+            let instance = self.instantiate(&mut store).await?;
+            let lifecycle = indices.load(&mut store, &instance)?;
+            match lifecycle.call_init(&mut store).await? {
+                Ok(()) => self.finish(&mut store, true),
+                Err(message) => Err(anyhow!("init failed: {message}")),
+            }
+        };
+        tokio::time::timeout(deadline, init)
+            .await
+            .map_err(|_| DeadlineExceeded)?
+    }
+
+    /// `init` and `reset` get at least [`INIT_DEADLINE`], also in wall-clock
+    /// time: the epoch deadline only stops a guest running wasm, not one
+    /// waiting in a host call.
+    fn admin_deadline(&self, store: &mut Store<Invocation>) -> Duration {
+        let deadline = self.slot.limits.timeout().max(INIT_DEADLINE);
+        store.data_mut().deadline = Instant::now() + deadline;
+        deadline
     }
 
     /// Runs the component's `reset` export and empties its inbox in one
-    /// transaction, so that a replay of the log applies every event again.
-    /// The inner error is the component's refusal.
+    /// transaction, so that a replay of the log applies every event again;
+    /// with `init`'s deadline. The inner error is the component's refusal.
     pub async fn reset(&self) -> anyhow::Result<Result<(), String>> {
         let Some(indices) = &self.lifecycle else {
             return Ok(Err("the component exports no lifecycle interface".into()));
         };
         let mut store = self.store();
-        let instance = self.instantiate(&mut store).await?;
-        let lifecycle = indices.load(&mut store, &instance)?;
-        if let Err(refusal) = lifecycle.call_reset(&mut store).await? {
-            return Ok(Err(refusal));
-        }
-        store
-            .data_mut()
-            .txn
-            .conn()
-            .await?
-            .execute_batch("DELETE FROM _rc_inbox; INSERT INTO _rc_rewind (pending) VALUES (1)")?;
-        self.finish(&mut store, true)?;
-        Ok(Ok(()))
+        let deadline = self.admin_deadline(&mut store);
+        let reset = async {
+            let instance = self.instantiate(&mut store).await?;
+            let lifecycle = indices.load(&mut store, &instance)?;
+            if let Err(refusal) = lifecycle.call_reset(&mut store).await? {
+                return Ok(Err(refusal));
+            }
+            store
+                .data_mut()
+                .txn
+                .conn()
+                .await?
+                .execute_batch("DELETE FROM _rc_inbox; INSERT INTO _rc_rewind (pending) VALUES (1)")?;
+            self.finish(&mut store, true)?;
+            Ok(Ok(()))
+        };
+        tokio::time::timeout(deadline, reset)
+            .await
+            .map_err(|_| DeadlineExceeded)?
     }
 
     /// Delivers a run of events (in log order) to the component's

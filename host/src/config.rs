@@ -401,6 +401,8 @@ impl Config {
                 || limits.timeout_ms == 0
                 || limits.max_request_bytes == 0
                 || limits.max_response_bytes == 0
+                || limits.max_instances == 0
+                || limits.cpu_percent == 0
             {
                 return invalid(format!("limits of component `{name}` must all be greater than zero"));
             }
@@ -414,9 +416,22 @@ impl Config {
                     ));
                 }
             }
-            if link.timeout_ms == 0 {
+            if link.timeout_ms == 0 || link.max_concurrent == 0 {
                 return invalid(format!(
-                    "link {} -> {} needs a timeout_ms above zero",
+                    "link {} -> {} needs timeout_ms and max_concurrent above zero",
+                    link.from, link.to
+                ));
+            }
+            let circuit = link.circuit;
+            // Zero failures in a row, or a ratio of zero, would open the
+            // circuit on every call, successful ones included.
+            if circuit.consecutive_failures == 0
+                || circuit.window == 0
+                || !(circuit.failure_ratio > 0.0 && circuit.failure_ratio <= 1.0)
+            {
+                return invalid(format!(
+                    "link {} -> {}: the circuit needs consecutive_failures and window above zero \
+                     and a failure_ratio above 0 and at most 1",
                     link.from, link.to
                 ));
             }
@@ -536,6 +551,30 @@ mod tests {
         assert!(cycle.unwrap_err().to_string().contains("cycle: a -> b -> a"));
         let unknown = parse("[components.a]\npath = \"a.wasm\"\nroutez = []\n");
         assert!(unknown.unwrap_err().to_string().contains("unknown field `routez`"));
+    }
+
+    #[test]
+    fn limits_and_circuits_that_could_never_work_are_refused() {
+        let two = "[components.a]\npath = \"a.wasm\"\n[components.b]\npath = \"b.wasm\"\n";
+        let link = "[[links]]\nfrom = \"a\"\nto = \"b\"\ninterface = \"i\"\n";
+        assert!(parse(&format!("{two}{link}")).is_ok());
+        for (table, setting) in [
+            ("[components.a.limits]", "max_instances = 0"),
+            ("[components.a.limits]", "cpu_percent = 0"),
+        ] {
+            let refused = parse(&format!("{two}{table}\n{setting}\n")).unwrap_err().to_string();
+            assert!(refused.contains("greater than zero"), "{setting}: {refused}");
+        }
+        for setting in [
+            "max_concurrent = 0",
+            "circuit.consecutive_failures = 0",
+            "circuit.window = 0",
+            "circuit.failure_ratio = 0.0",
+            "circuit.failure_ratio = 1.5",
+        ] {
+            let refused = parse(&format!("{two}{link}{setting}\n")).unwrap_err().to_string();
+            assert!(refused.contains("above zero"), "{setting}: {refused}");
+        }
     }
 
     #[test]

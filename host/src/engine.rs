@@ -19,25 +19,26 @@ const KEEP_RESIDENT: usize = 1024 * 1024;
 /// Freed slots decommitted together, in one round of TLB flushes.
 const DECOMMIT_BATCH: usize = 32;
 
-/// Instances that may exist at once across all components (each request,
-/// call and delivery has its own).
-const MAX_INSTANCES: u32 = 1_000;
-
 /// Builds the engine: async (guests run on fibers, so a slow guest never
 /// blocks a host thread), epoch interruption, the pooling allocator, and an
 /// on-disk cache of compiled code keyed by content digest.
-pub fn build(max_memory_bytes: usize, cache_dir: &Path) -> anyhow::Result<Engine> {
+///
+/// The pool holds `instances` component instances at once (each request,
+/// call and delivery has its own). A Rust component is three core
+/// instances (the guest, and the shim and fixup modules that wire its
+/// imports), one of them with a memory.
+pub fn build(max_memory_bytes: usize, instances: u32, cache_dir: &Path) -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
 
     let mut pooling = PoolingAllocationConfig::default();
     pooling
-        .total_component_instances(MAX_INSTANCES)
-        .total_core_instances(MAX_INSTANCES * 2)
-        .total_memories(MAX_INSTANCES * 2)
-        .total_tables(MAX_INSTANCES * 2)
-        .total_stacks(MAX_INSTANCES)
+        .total_component_instances(instances)
+        .total_core_instances(instances * 4)
+        .total_memories(instances * 2)
+        .total_tables(instances * 4)
+        .total_stacks(instances)
         .max_memory_size(max_memory_bytes)
         // Reset a freed instance's first pages with memset instead of
         // madvise, and batch the decommits that remain: every madvise makes

@@ -80,7 +80,10 @@ impl Runtime {
             .map(|c| c.limits.memory_bytes())
             .max()
             .unwrap_or(0);
-        let engine = engine::build(max_memory, &config.cache_dir())?;
+        // Every component's `max_instances`, and room for the `init` of a
+        // version being deployed and a reset, beside them.
+        let instances = config.components.values().map(|c| c.limits.max_instances + 2).sum();
+        let engine = engine::build(max_memory, instances, &config.cache_dir())?;
         let runtime = Runtime {
             bus: Arc::new(SqliteBus::open(&data_dir.join("bus.db"))?),
             registry: Arc::default(),
