@@ -212,6 +212,9 @@ pub struct Limits {
     /// share it is paused at every epoch tick, so a busy or looping
     /// component cannot starve its neighbours.
     pub cpu_percent: u32,
+    /// Largest the component's database may grow, in MiB (its write-ahead
+    /// log aside): beyond, writes fail with "database or disk is full".
+    pub database_mib: u32,
 }
 
 impl Default for Limits {
@@ -223,6 +226,7 @@ impl Default for Limits {
             max_response_bytes: 8 * 1024 * 1024,
             max_instances: 256,
             cpu_percent: 100,
+            database_mib: 1024,
         }
     }
 }
@@ -403,6 +407,7 @@ impl Config {
                 || limits.max_response_bytes == 0
                 || limits.max_instances == 0
                 || limits.cpu_percent == 0
+                || limits.database_mib == 0
             {
                 return invalid(format!("limits of component `{name}` must all be greater than zero"));
             }

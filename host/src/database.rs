@@ -127,6 +127,16 @@ impl Database {
         })
     }
 
+    /// Caps the database file at `bytes` (whole pages), so that a component
+    /// cannot fill the disk its neighbours and the event log share.
+    pub fn limit_size(&self, bytes: u64) -> anyhow::Result<()> {
+        let conn = self.conn.try_lock().context("the database is in use")?;
+        let page_size: u64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        let pages = (bytes / page_size).max(1);
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+        Ok(())
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

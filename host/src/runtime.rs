@@ -155,7 +155,9 @@ impl Runtime {
         }
         let db_path = self.config.server.data_dir.join(format!("{name}.db"));
         let config: WasiConfigVariables = settings.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let slot = Arc::new(Slot::new(name, Database::open(&db_path)?, config, settings.limits));
+        let db = Database::open(&db_path)?;
+        db.limit_size(u64::from(settings.limits.database_mib) * 1024 * 1024)?;
+        let slot = Arc::new(Slot::new(name, db, config, settings.limits));
         let loaded = self.prepare(slot, wasm.into()).await?;
         self.registry.install(Arc::new(loaded));
         Ok(())

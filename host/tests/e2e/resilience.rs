@@ -15,6 +15,7 @@ fn hostile_config(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     let config = format!(
         "[components.hostile]\npath = {:?}\nroutes = [\"/hostile\"]\n\
          [components.hostile.limits]\nmemory_mib = 16\ntimeout_ms = 500\ncpu_percent = 25\nmax_instances = 4\n\
+         database_mib = 1\n\
          max_response_bytes = 1048576\n\n\
          [components.probe]\npath = {:?}\nroutes = [\"/probe\"]\nsubscribe = [\"probe\"]\n",
         wasm("hostile"),
@@ -109,6 +110,14 @@ async fn sql_cannot_escape_the_invocations_transaction_or_deadline() -> anyhow::
     );
     let (status, body) = host.get("/hostile/sql/count").await?;
     assert_eq!(status, 200, "{body}");
+
+    // The database stops at its `database_mib` (1 MiB here), and the
+    // neighbour keeps serving.
+    let (status, body) = host.get("/hostile/sql/fill").await?;
+    assert!(status == 500 || result(&body).contains("full"), "{status} {body}");
+    assert!(std::fs::metadata(dir.path().join("data/hostile.db"))?.len() <= 1024 * 1024);
+    let (status, _) = host.get("/probe/seen").await?;
+    assert_eq!(status, 200);
     Ok(())
 }
 

@@ -13,7 +13,8 @@
 //!   what was kept);
 //! - `/hostile/sql/sequence`: rewrites `sqlite_sequence`, where the host's
 //!   outbox keeps its ids;
-//! - `/hostile/sql/forever`: a statement that never ends.
+//! - `/hostile/sql/forever`: a statement that never ends;
+//! - `/hostile/sql/fill`: writes 100 KiB blobs until the database is full.
 //!
 //! The SQL attacks answer 200 with `{"result": ...}`, the outcome the guest
 //! saw, when the host lets the guest go on.
@@ -42,7 +43,8 @@ struct Component;
 
 impl lifecycle::Guest for Component {
     fn init() -> Result<(), String> {
-        db::migrate(&["CREATE TABLE t (k INTEGER PRIMARY KEY)"]).map_err(|err| format!("{err:?}"))
+        db::migrate(&["CREATE TABLE t (k INTEGER PRIMARY KEY)", "CREATE TABLE blobs (b BLOB)"])
+            .map_err(|err| format!("{err:?}"))
     }
 
     fn reset() -> Result<(), String> {
@@ -120,6 +122,13 @@ fn sql(attack: &str) -> Response {
             "{:?}",
             db::execute("UPDATE sqlite_sequence SET seq = 9223372036854775807", &[])
         ),
+        "fill" => {
+            let fill = || loop {
+                db::execute("INSERT INTO blobs VALUES (zeroblob(100000))", &[])?;
+            };
+            let result: Result<(), db::Error> = fill();
+            format!("{result:?}")
+        }
         "forever" => format!(
             "{:?}",
             db::query(
