@@ -166,7 +166,14 @@ fn release(payment: PaymentEvent) -> Result<(), db::Error> {
         &[payment.order_id.into()],
     )?;
     if released.rows_affected == 0 {
-        // Rejected, or released before: nothing is held for this order.
+        // Rejected, or released before: nothing is held for this order. Or
+        // not reserved yet, its approval coming late (replayed from the
+        // dead letters): a released reservation stands in for it, so that
+        // the approval, when it comes, holds no car for a payment cancelled.
+        db::execute(
+            "INSERT OR IGNORE INTO reservations (order_id, car_id, qty, status) VALUES (?, ?, ?, 'RELEASED')",
+            &[payment.order_id.into(), payment.car_id.into(), payment.qty.into()],
+        )?;
         return Ok(());
     }
     db::execute(
