@@ -99,6 +99,15 @@ impl Breaker {
         }
     }
 
+    /// A call admitted but never recorded (refused by the bulkhead, or its
+    /// caller went away) says nothing about the callee: a probe lets
+    /// another one try.
+    pub fn abandon(&mut self, admission: Admission) {
+        if admission == Admission::Probe {
+            self.state = State::HalfOpen { probing: false };
+        }
+    }
+
     fn open(&mut self, now: Instant) {
         self.state = State::Open {
             until: now + Duration::from_millis(self.config.open_ms),
@@ -131,10 +140,9 @@ pub struct Ticket<'a> {
     admitted: Admitted<'a>,
 }
 
-/// What the breaker granted, until the call's outcome is recorded. A probe
-/// dropped unrecorded (the bulkhead refused it, or its caller went away)
-/// lets another probe try: a call that never finished says nothing about
-/// the callee, and the circuit must not stay half-open for good.
+/// What the breaker granted, until the call's outcome is recorded; dropped
+/// unrecorded, it is abandoned ([`Breaker::abandon`]), so that the circuit
+/// does not stay half-open for good.
 struct Admitted<'a> {
     policy: &'a Policy,
     admission: Admission,
@@ -143,8 +151,8 @@ struct Admitted<'a> {
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        if !self.recorded && self.admission == Admission::Probe {
-            self.policy.breaker().state = State::HalfOpen { probing: false };
+        if !self.recorded {
+            self.policy.breaker().abandon(self.admission);
         }
     }
 }
@@ -254,7 +262,17 @@ mod tests {
         b.record(later, Admission::Probe, true);
         assert_eq!(b.admit(later), Err(Refused::CircuitOpen), "a failed probe reopens");
 
-        let much_later = later + Duration::from_millis(1001);
+        let abandoned = later + Duration::from_millis(1001);
+        assert_eq!(b.admit(abandoned), Ok(Admission::Probe));
+        b.abandon(Admission::Probe);
+        assert_eq!(
+            b.admit(abandoned),
+            Ok(Admission::Probe),
+            "an abandoned probe lets another try"
+        );
+        b.record(abandoned, Admission::Probe, true);
+
+        let much_later = abandoned + Duration::from_millis(1001);
         assert_eq!(b.admit(much_later), Ok(Admission::Probe));
         b.record(much_later, Admission::Probe, false);
         assert_eq!(b.admit(much_later), Ok(Admission::Normal));
