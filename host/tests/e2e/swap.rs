@@ -148,21 +148,11 @@ async fn watch_swaps_a_rebuilt_file_and_the_cli_deploys() -> anyhow::Result<()> 
     let config_path = dir.path().join("runtime.toml");
     std::fs::write(&config_path, config)?;
     let host = Host::start_with_args(&config_path, &dir.path().join("data"), &["--watch"])?;
-    let version = |components: &Value| {
-        components
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "payment")
-            .unwrap()["version"]
-            .clone()
-    };
-    let (_, before) = host.admin(Method::GET, "/admin/components").await?;
+    let before = version(&host, "payment").await?;
 
     std::fs::write(&watched, variant("payment", "rebuilt")?)?;
     eventually("the watcher to swap payment", Duration::from_secs(20), || async {
-        let (_, now) = host.admin(Method::GET, "/admin/components").await?;
-        Ok((version(&now) != version(&before)).then_some(()))
+        Ok((version(&host, "payment").await? != before).then_some(()))
     })
     .await?;
     assert!(host.log().contains("watch: swapped in"));
