@@ -110,7 +110,7 @@ fn set_running(runtime: &Runtime, name: &str, running: bool) -> Response {
     Json(runtime.registry.status(name)).into_response()
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": code, "message": message }))).into_response()
 }
 
@@ -199,7 +199,14 @@ async fn dead_letters(State(runtime): State<Arc<Runtime>>) -> Response {
 }
 
 /// Delivers a dead letter once more, now; on success it leaves the store.
-async fn replay(State(runtime): State<Arc<Runtime>>, Path(id): Path<i64>) -> Response {
+async fn replay(State(runtime): State<Arc<Runtime>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<i64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "a dead letter id is an integer",
+        );
+    };
     let letter = match runtime.bus.dead_letter(id).await {
         Ok(Some(letter)) => letter,
         Ok(None) => return error(StatusCode::NOT_FOUND, "not-found", &format!("no dead letter {id}")),
@@ -246,12 +253,8 @@ async fn set_fault(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>
         Ok(fault) => fault,
         Err(err) => return error(StatusCode::BAD_REQUEST, "invalid-request", &err.to_string()),
     };
-    if fault.abort_percent > 100 || fault.delay_ms + fault.jitter_ms > 600_000 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid-request",
-            "abortPercent is 0 to 100, delays under 10 minutes",
-        );
+    if let Err(message) = fault.check() {
+        return error(StatusCode::BAD_REQUEST, "invalid-request", &message);
     }
     runtime.faults.set(&name, fault);
     tracing::warn!(component = %name, ?fault, "fault injected by operator");

@@ -15,7 +15,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::bindings::{event_handler, lifecycle};
 use crate::config::Limits;
-use crate::database::{Database, Transaction};
+use crate::database::{Database, StorageFull, Transaction};
 use crate::engine::EPOCH_TICK;
 use crate::invocation::Invocation;
 
@@ -23,7 +23,7 @@ use crate::invocation::Invocation;
 /// migrates the component's tables, which on a large database can take
 /// longer than a request (rebuilding a table of ten million rows takes
 /// seconds).
-const INIT_DEADLINE: Duration = Duration::from_secs(300);
+pub const INIT_DEADLINE: Duration = Duration::from_secs(300);
 
 /// The trap a guest gets when its invocation outlives its deadline.
 #[derive(Debug, thiserror::Error)]
@@ -179,14 +179,20 @@ impl Loaded {
         Ok(())
     }
 
+    /// The same version on another slot (a copy of the database, say).
+    pub fn on(&self, slot: Arc<Slot>) -> Loaded {
+        Loaded::new(slot, self.pre.clone(), self.version.clone())
+    }
+
     /// Runs the component's `init` export, if it has one, in a transaction,
-    /// with at least [`INIT_DEADLINE`] to migrate its tables.
-    pub async fn init(&self) -> anyhow::Result<()> {
+    /// within `deadline` (also in wall-clock time: the epoch deadline only
+    /// stops a guest running wasm, not one waiting in a host call).
+    pub async fn init(&self, deadline: Duration) -> anyhow::Result<()> {
         let Some(indices) = &self.lifecycle else {
             return Ok(());
         };
         let mut store = self.store();
-        let deadline = self.admin_deadline(&mut store);
+        store.data_mut().deadline = Instant::now() + deadline;
         let init = async {
             let instance = self.instantiate(&mut store).await?;
             let lifecycle = indices.load(&mut store, &instance)?;
@@ -200,9 +206,9 @@ impl Loaded {
             .map_err(|_| DeadlineExceeded)?
     }
 
-    /// `init` and `reset` get at least [`INIT_DEADLINE`], also in wall-clock
-    /// time: the epoch deadline only stops a guest running wasm, not one
-    /// waiting in a host call.
+    /// `reset` gets at least [`INIT_DEADLINE`], also in wall-clock time: the
+    /// epoch deadline only stops a guest running wasm, not one waiting in a
+    /// host call.
     fn admin_deadline(&self, store: &mut Store<Invocation>) -> Duration {
         let deadline = self.slot.limits.timeout().max(INIT_DEADLINE);
         store.data_mut().deadline = Instant::now() + deadline;
@@ -262,8 +268,10 @@ impl Loaded {
             let inserted = txn
                 .conn()
                 .await?
-                .prepare_cached("INSERT OR IGNORE INTO _rc_inbox (event_id, received_at) VALUES (?, ?)")?
-                .execute(rusqlite::params![event.id, crate::delivery::now_ms()])?;
+                .prepare_cached("INSERT OR IGNORE INTO _rc_inbox (event_id, received_at) VALUES (?, ?)")
+                .and_then(|mut insert| insert.execute(rusqlite::params![event.id, crate::delivery::now_ms()]));
+            txn.check(&inserted)?;
+            let inserted = inserted?;
             if inserted == 0 {
                 txn.release()?;
                 delivered.applied += 1;
@@ -286,7 +294,9 @@ impl Loaded {
                 }
                 Err(err) => {
                     txn.rollback_to_savepoint()?;
-                    delivered.failed = Some(err);
+                    // Not the event's fault: it waits for space.
+                    let full = std::mem::take(&mut store.data_mut().storage_full);
+                    delivered.failed = Some(if full { err.context(StorageFull) } else { err });
                     break;
                 }
             }

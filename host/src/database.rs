@@ -137,6 +137,16 @@ impl Database {
         Ok(())
     }
 
+    /// Writes a consistent copy of the database to `path` (which must not
+    /// exist), waiting for the write turn; a fast sequential copy.
+    pub async fn copy_to(&self, path: &Path) -> anyhow::Result<()> {
+        let conn = self.lock().await;
+        let target = path.to_str().context("database path is not UTF-8")?;
+        conn.execute("VACUUM INTO ?", [target])
+            .with_context(|| format!("cannot copy {} to {}", self.path.display(), path.display()))?;
+        Ok(())
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -146,33 +156,52 @@ impl Database {
         self.conn.clone().lock_owned().await
     }
 
-    /// Runs `f` (a guest statement) so that it is interrupted at `deadline`.
-    pub fn until<R>(&self, deadline: Instant, f: impl FnOnce() -> R) -> R {
+    /// Runs `f`, which prepares and runs one guest statement, as the guest:
+    /// the authorizer judges every preparation inside it under the guest's
+    /// restrictions (SQLite prepares a cached statement again when the
+    /// schema changed, in the middle of running it, and compiles the
+    /// triggers it fires into it), and the statement is interrupted at
+    /// `deadline`.
+    pub fn run_guest<R>(&self, deadline: Instant, f: impl FnOnce() -> R) -> R {
         let left = deadline.saturating_duration_since(Instant::now());
         let at = crate::delivery::now_ms() + left.as_millis() as u64;
         self.deadline.store(at.max(1), Ordering::Relaxed);
-        let result = f();
-        self.deadline.store(0, Ordering::Relaxed);
-        result
+        self.guest.store(GUEST, Ordering::Relaxed);
+        // Back to the host's mode even if `f` panics.
+        let _host_again = HostAgain(self);
+        f()
     }
 
-    /// Prepares a guest statement (cached) under the guest's restrictions.
+    /// Prepares a guest statement (cached); call it inside [`run_guest`].
     pub fn prepare_guest<'c>(
         &self,
         conn: &'c Connection,
         statement: &str,
     ) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
         if statement.to_ascii_lowercase().contains(HOST_TABLE_PREFIX) {
-            return Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_AUTH),
-                Some(format!("names starting with `{HOST_TABLE_PREFIX}` belong to the host")),
-            ));
+            return Err(host_only());
         }
+        // A statement of its own starts without the last one's DDL rights.
         self.guest.store(GUEST, Ordering::Relaxed);
-        let prepared = conn.prepare_cached(statement);
-        self.guest.store(HOST, Ordering::Relaxed);
-        prepared
+        conn.prepare_cached(statement)
     }
+}
+
+/// Puts a database back in the host's mode when dropped.
+struct HostAgain<'a>(&'a Database);
+
+impl Drop for HostAgain<'_> {
+    fn drop(&mut self) {
+        self.0.guest.store(HOST, Ordering::Relaxed);
+        self.0.deadline.store(0, Ordering::Relaxed);
+    }
+}
+
+fn host_only() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_AUTH),
+        Some(format!("names starting with `{HOST_TABLE_PREFIX}` belong to the host")),
+    )
 }
 
 /// The error of a database another process holds: in exclusive locking
@@ -241,8 +270,9 @@ fn authorize(preparing: &AtomicU8, context: &AuthContext<'_>) -> Authorization {
 }
 
 /// What a guest statement may not do: reach another database, change the
-/// connection's settings, take over the host's transaction, or write
-/// SQLite's own bookkeeping.
+/// connection's settings, take over the host's transaction, keep objects on
+/// the connection beyond its invocation, or touch the host's tables or
+/// SQLite's own bookkeeping (also from a trigger it fires).
 fn authorize_guest(context: &AuthContext<'_>) -> Authorization {
     match context.action {
         AuthAction::Attach { .. }
@@ -252,7 +282,21 @@ fn authorize_guest(context: &AuthContext<'_>) -> Authorization {
         | AuthAction::Savepoint { .. }
         | AuthAction::CreateVtable { .. }
         | AuthAction::DropVtable { .. } => Authorization::Deny,
+        // TEMP tables, indexes, triggers and views live on the connection,
+        // shared by every invocation, outside the database's size limit.
+        AuthAction::CreateTempTable { .. }
+        | AuthAction::CreateTempIndex { .. }
+        | AuthAction::CreateTempTrigger { .. }
+        | AuthAction::CreateTempView { .. } => Authorization::Deny,
         AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => {
+            Authorization::Deny
+        }
+        AuthAction::Read { table_name, .. }
+        | AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::Update { table_name, .. }
+            if is_host_table(table_name) =>
+        {
             Authorization::Deny
         }
         // SQLite's own bookkeeping: `sqlite_sequence` also numbers the
@@ -264,8 +308,21 @@ fn authorize_guest(context: &AuthContext<'_>) -> Authorization {
         {
             Authorization::Deny
         }
+        AuthAction::Read { table_name, .. } if is_hidden_pragma(table_name) => Authorization::Deny,
         _ => Authorization::Allow,
     }
+}
+
+fn is_host_table(name: &str) -> bool {
+    name.get(..HOST_TABLE_PREFIX.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(HOST_TABLE_PREFIX))
+}
+
+/// Pragmas read as tables (`pragma_database_list` tells the host's data
+/// path). Those with arguments also come as `Pragma`, denied above.
+fn is_hidden_pragma(name: &str) -> bool {
+    name.get(..7)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("pragma_"))
 }
 
 /// `sqlite_sequence` and the planner's `sqlite_stat*`. (`sqlite_schema` is
@@ -293,10 +350,47 @@ const ROLLBACK_TO: &str = "ROLLBACK TO _rc_event";
 pub struct Transaction {
     db: Arc<Database>,
     conn: Option<OwnedMutexGuard<Connection>>,
+    /// SQLite ended the transaction by itself (a full disk, some I/O
+    /// errors, `INSERT OR ROLLBACK`): what the invocation did is gone, and
+    /// from then on it can neither run a statement nor commit, so that
+    /// nothing it does next commits on its own.
+    ended: Option<TransactionEnded>,
     /// Events published in this transaction; the relay is woken after commit.
     pub published: usize,
     /// `published` when the open savepoint was taken.
     published_at_savepoint: usize,
+}
+
+/// The error of a transaction SQLite ended by itself (see
+/// [`Transaction::check`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("SQLite ended the invocation's transaction ({cause}); nothing it did is kept")]
+pub struct TransactionEnded {
+    cause: String,
+    /// Whether it ended for lack of storage.
+    full: bool,
+}
+
+/// A failure for lack of storage: the disk, or the component's
+/// `database_mib`, is full. Not the component's fault: HTTP callers get 507,
+/// a link's circuit does not count it, and an event waits for space instead
+/// of going to the dead letters.
+#[derive(Debug, thiserror::Error)]
+#[error("insufficient storage: the database or the disk is full")]
+pub struct StorageFull;
+
+/// Whether SQLite failed for lack of space.
+pub fn is_full(err: &rusqlite::Error) -> bool {
+    err.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+}
+
+/// Whether `err`, from anywhere in the host, comes from a lack of storage.
+pub fn lacks_storage(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<StorageFull>().is_some()
+        || err.chain().any(|cause| {
+            cause.downcast_ref::<rusqlite::Error>().is_some_and(is_full)
+                || cause.downcast_ref::<TransactionEnded>().is_some_and(|ended| ended.full)
+        })
 }
 
 impl Transaction {
@@ -304,6 +398,7 @@ impl Transaction {
         Transaction {
             db,
             conn: None,
+            ended: None,
             published: 0,
             published_at_savepoint: 0,
         }
@@ -314,7 +409,10 @@ impl Transaction {
     }
 
     /// The connection, inside the open transaction.
-    pub async fn conn(&mut self) -> rusqlite::Result<&Connection> {
+    pub async fn conn(&mut self) -> anyhow::Result<&Connection> {
+        if let Some(ended) = &self.ended {
+            return Err(ended.clone().into());
+        }
         if self.conn.is_none() {
             let conn = self.db.lock().await;
             conn.prepare_cached(BEGIN)?.execute([])?;
@@ -330,42 +428,70 @@ impl Transaction {
         (&self.db, self.conn.as_deref().expect("transaction has begun"))
     }
 
+    /// Checks, after a statement ran in the transaction, that SQLite did not
+    /// end the transaction by itself; `cause` is the statement's outcome.
+    /// Once ended, it stays ended: every later statement and the commit are
+    /// refused.
+    pub fn check<T>(&mut self, outcome: &rusqlite::Result<T>) -> Result<(), TransactionEnded> {
+        if self.ended.is_none() && self.conn.as_ref().is_some_and(|conn| conn.is_autocommit()) {
+            let error = outcome.as_ref().err();
+            self.ended = Some(TransactionEnded {
+                cause: error.map_or_else(|| "no error".into(), |err| err.to_string()),
+                full: error.is_some_and(is_full),
+            });
+        }
+        match &self.ended {
+            Some(ended) => Err(ended.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// Opens a savepoint, so that one event of a run can be undone alone.
-    pub async fn savepoint(&mut self) -> rusqlite::Result<()> {
+    pub async fn savepoint(&mut self) -> anyhow::Result<()> {
         self.conn().await?.prepare_cached(SAVEPOINT)?.execute([])?;
         self.published_at_savepoint = self.published;
         Ok(())
     }
 
     /// Keeps what was done since the savepoint.
-    pub fn release(&mut self) -> rusqlite::Result<()> {
+    pub fn release(&mut self) -> anyhow::Result<()> {
         let (_, conn) = self.parts();
-        conn.prepare_cached(RELEASE)?.execute([])?;
+        let released = conn.prepare_cached(RELEASE).and_then(|mut release| release.execute([]));
+        self.check(&released)?;
+        released?;
         Ok(())
     }
 
     /// Undoes what was done since the savepoint, and closes it.
-    pub fn rollback_to_savepoint(&mut self) -> rusqlite::Result<()> {
+    pub fn rollback_to_savepoint(&mut self) -> anyhow::Result<()> {
         let (_, conn) = self.parts();
-        conn.prepare_cached(ROLLBACK_TO)?.execute([])?;
-        conn.prepare_cached(RELEASE)?.execute([])?;
+        let undone = conn
+            .prepare_cached(ROLLBACK_TO)
+            .and_then(|mut undo| undo.execute([]))
+            .and_then(|_| conn.prepare_cached(RELEASE)?.execute([]));
+        self.check(&undone)?;
+        undone?;
         self.published = self.published_at_savepoint;
         Ok(())
     }
 
     /// Commits what the invocation did; returns how many events it published.
     pub fn commit(&mut self) -> anyhow::Result<usize> {
+        self.check(&Ok(()))?;
         if let Some(conn) = self.conn.take()
             && let Err(err) = conn.prepare_cached(COMMIT).and_then(|mut commit| commit.execute([]))
         {
-            let _ = conn.execute_batch("ROLLBACK");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            self.published = 0;
             return Err(err).with_context(|| format!("failed to commit to {}", self.db.path.display()));
         }
         Ok(std::mem::take(&mut self.published))
     }
 
     pub fn rollback(&mut self) {
-        // (A guest statement may have ended the transaction already.)
+        // (SQLite may have ended the transaction already.)
         if let Some(conn) = self.conn.take()
             && !conn.is_autocommit()
             && let Err(err) = conn

@@ -36,6 +36,7 @@ use crate::bindings::event_handler::Event;
 use crate::bus::{DeadLetter, Envelope, EventBus};
 use crate::component::{Delivered, Loaded, Slot};
 use crate::config::{Delivery, Subscription};
+use crate::database::lacks_storage;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::telemetry;
@@ -502,19 +503,21 @@ impl Dispatcher {
                 Some(failure) => Err(failure),
                 None => deliver_once(&loaded, envelope).instrument(span.clone()).await,
             };
-            let error = match outcome {
+            let (error, storage) = match outcome {
                 Ok(()) => {
                     telemetry::record_deliveries(&self.consumer, &self.topic, "applied", 1);
                     self.stats.update(&self.consumer, &self.topic, |s| s.delivered += 1);
                     return Outcome::Done;
                 }
-                Err(err) => format!("{err:#}"),
+                Err(err) => (format!("{err:#}"), lacks_storage(&err)),
             };
-            // A first failure is often a race the retry settles (an event
-            // that overtook its order's commit): a warning only if it lasts.
-            let last = attempt >= self.settings.max_attempts;
+            // A full disk is not the event's fault: it waits for space, at
+            // the longest backoff, without using up its attempts.
+            let last = !storage && attempt >= self.settings.max_attempts;
             span.in_scope(|| {
-                if last {
+                if storage {
+                    tracing::warn!(event = %envelope.id, cause = %error, "delivery waits for storage");
+                } else if last {
                     tracing::warn!(event = %envelope.id, attempt, cause = %error, "delivery failed");
                 } else if attempt == 1 {
                     tracing::info!(event = %envelope.id, attempt, cause = %error, "delivery failed; retrying");
@@ -530,12 +533,15 @@ impl Dispatcher {
             if last {
                 return self.dead_letter(at, envelope, attempt, error).await;
             }
+            let pause = if storage { max } else { backoff };
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = self.token.cancelled() => return Outcome::Interrupted,
             }
-            backoff = (backoff * 2).min(max);
-            attempt += 1;
+            if !storage {
+                backoff = (backoff * 2).min(max);
+                attempt += 1;
+            }
         }
     }
 

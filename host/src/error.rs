@@ -24,6 +24,8 @@ pub enum ApiError {
     FaultInjected(String),
     #[error("component `{0}` did not answer within its deadline")]
     Deadline(String),
+    #[error("component `{0}` is out of storage (its database or the disk is full); retry later")]
+    InsufficientStorage(String),
     #[error("component `{component}` failed")]
     ComponentFailed { component: String, cause: anyhow::Error },
 }
@@ -39,6 +41,7 @@ impl ApiError {
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::FaultInjected(_) => (StatusCode::SERVICE_UNAVAILABLE, "fault-injected"),
             ApiError::Deadline(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded"),
+            ApiError::InsufficientStorage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage"),
             ApiError::ComponentFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "component-failed"),
         }
     }

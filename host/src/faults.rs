@@ -22,6 +22,23 @@ pub struct Fault {
     pub abort_percent: u8,
 }
 
+/// Longest delay a fault may add, in ms.
+const MAX_DELAY_MS: u64 = 600_000;
+
+impl Fault {
+    /// Refuses a fault that makes no sense: the delay and its jitter add up
+    /// (without overflowing) to at most 10 minutes.
+    pub fn check(&self) -> Result<(), String> {
+        let longest = self.delay_ms.checked_add(self.jitter_ms);
+        if self.abort_percent > 100 || longest.is_none_or(|ms| ms > MAX_DELAY_MS) {
+            return Err(format!(
+                "abortPercent is 0 to 100, and delayMs + jitterMs at most {MAX_DELAY_MS}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The faults in force, by component.
 #[derive(Default)]
 pub struct Faults(RwLock<BTreeMap<String, Fault>>);
@@ -62,5 +79,24 @@ impl Faults {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         fault.abort_percent > 0 && fastrand::u8(0..100) < fault.abort_percent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fault;
+
+    #[test]
+    fn delays_are_bounded_without_overflow() {
+        let fault = |delay_ms, jitter_ms, abort_percent| Fault {
+            delay_ms,
+            jitter_ms,
+            abort_percent,
+        };
+        assert!(fault(800, 220, 30).check().is_ok());
+        assert!(fault(600_000, 0, 100).check().is_ok());
+        assert!(fault(1, u64::MAX, 0).check().is_err());
+        assert!(fault(600_000, 1, 0).check().is_err());
+        assert!(fault(0, 0, 101).check().is_err());
     }
 }

@@ -33,6 +33,9 @@ pub struct Invocation {
     pub committed_events: usize,
     /// When the running call traps with `DeadlineExceeded`.
     pub deadline: Instant,
+    /// A statement, a publish or a call of this invocation failed for lack
+    /// of storage (see `database::StorageFull`): if it fails, that is why.
+    pub storage_full: bool,
     config: Arc<WasiConfigVariables>,
     _in_flight: InFlight,
     wasi: WasiCtx,
@@ -56,6 +59,7 @@ impl Invocation {
             may_commit: false,
             committed_events: 0,
             deadline: Instant::now(),
+            storage_full: false,
             config,
             _in_flight: in_flight,
             // No preopened directories, no environment, no arguments, no
@@ -63,6 +67,13 @@ impl Invocation {
             wasi: WasiCtx::builder().allow_ip_name_lookup(false).build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
+        }
+    }
+
+    /// Remembers a statement's failure for lack of storage.
+    pub fn note_storage<T>(&mut self, outcome: &rusqlite::Result<T>) {
+        if outcome.as_ref().is_err_and(crate::database::is_full) {
+            self.storage_full = true;
         }
     }
 

@@ -23,6 +23,7 @@ use wasmtime::component::{Component, Linker, Type, Val};
 
 use crate::component::DeadlineExceeded;
 use crate::config::Link;
+use crate::database::{StorageFull, lacks_storage};
 use crate::faults::Faults;
 use crate::invocation::Invocation;
 use crate::policy::{Policy, Refused};
@@ -45,7 +46,7 @@ pub fn define(
     for function in functions {
         let (policy, registry, faults) = (policy.clone(), registry.clone(), faults.clone());
         let function = Arc::new(function);
-        instance.func_new_async(&function.clone(), move |caller, _ty, params, results| {
+        instance.func_new_async(&function.clone(), move |mut caller, _ty, params, results| {
             let (policy, registry, faults, function) = (policy.clone(), registry.clone(), faults.clone(), function.clone());
             let request_id = caller.data().request_id.clone();
             Box::new(async move {
@@ -55,6 +56,11 @@ pub fn define(
                     Ok(result) => result,
                     Err(err) => {
                         tracing::warn!(cause = %format!("{err:#}"), from = %link.from, to = %link.to, function = %function, "synchronous call failed");
+                        // The caller's failure, if it fails, is for lack of
+                        // storage too.
+                        if lacks_storage(&err) {
+                            caller.data_mut().storage_full = true;
+                        }
                         unavailable(&err)
                     }
                 };
@@ -172,14 +178,19 @@ impl Call<'_> {
             let outcome = tokio::time::timeout_at(deadline, once)
                 .await
                 .unwrap_or_else(|_| Err(timed_out()));
-            if outcome.is_ok() || attempt >= retries || tokio::time::Instant::now() >= deadline {
+            let storage = outcome.as_ref().is_err_and(lacks_storage);
+            if outcome.is_ok() || storage || attempt >= retries || tokio::time::Instant::now() >= deadline {
                 break outcome;
             }
             attempt += 1;
             tracing::debug!(to = %link.to, function = %self.function, attempt, "retrying an idempotent call");
             tokio::time::sleep(RETRY_PAUSE * attempt).await;
         };
-        self.policy.record(ticket, result.is_err(), started.elapsed());
+        // A full disk says nothing about the callee's health: the ticket is
+        // dropped unrecorded.
+        if !result.as_ref().is_err_and(lacks_storage) {
+            self.policy.record(ticket, result.is_err(), started.elapsed());
+        }
         result
     }
 
@@ -201,11 +212,19 @@ impl Call<'_> {
             .context("function not exported")?;
         let func = instance.get_func(&mut store, index).context("function not exported")?;
         let mut results = [Val::Bool(false)];
-        func.call_async(&mut store, params, &mut results).await?;
+        let called: anyhow::Result<()> = func
+            .call_async(&mut store, params, &mut results)
+            .await
+            .map_err(Into::into);
         let [result] = results;
         // Every linked function returns `result<_, call-error>`: an error
         // leaves no trace (say, a payment inserted before its event failed).
-        callee.finish(&mut store, !matches!(result, Val::Result(Err(_))))?;
+        let ok = called.is_ok() && !matches!(result, Val::Result(Err(_)));
+        let finished = called.and_then(|()| callee.finish(&mut store, ok));
+        if store.data().storage_full && !ok {
+            return Err(anyhow!(StorageFull));
+        }
+        finished?;
         Ok(result)
     }
 }
@@ -235,6 +254,8 @@ fn unavailable(err: &anyhow::Error) -> Val {
         }
     } else if err.is::<FaultInjected>() {
         "fault injected"
+    } else if lacks_storage(err) {
+        "insufficient storage"
     } else {
         "failed"
     };

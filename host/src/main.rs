@@ -1,6 +1,7 @@
 //! `rentcar-host`: parses the command line, sets up logging, loads the
 //! configuration and hands over to the library.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,19 +71,23 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,cranelift=warn,wasmtime=warn")),
         )
         .with_writer(std::io::stderr)
+        // A log that cannot be written (a full disk) must not fail the
+        // request that logs: tracing-subscriber would report it with
+        // `eprintln!`, which panics when stderr fails.
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: failed to start the async runtime: {err}");
+            let _ = writeln!(std::io::stderr(), "error: failed to start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            let _ = writeln!(std::io::stderr(), "error: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -116,8 +121,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "serving");
-    // The one line on stderr that tests and scripts wait for.
-    eprintln!("listening on http://{local}");
+    // The one line on stderr that tests and scripts wait for (and that
+    // must not stop the host when stderr cannot be written).
+    let _ = writeln!(std::io::stderr(), "listening on http://{local}");
     rentcar_host::serve(listener, runtime, watch, shutdown_signal()).await
 }
 

@@ -9,6 +9,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::bindings::events::Host;
+use crate::database::TransactionEnded;
 use crate::invocation::Invocation;
 
 /// Version of the event envelope; carried by every event.
@@ -50,7 +51,12 @@ impl Host for Invocation {
         }
         let conn = match self.txn.conn().await {
             Ok(conn) => conn,
-            Err(err) => return Ok(Err(err.to_string())),
+            Err(err) => {
+                if let Some(ended) = err.downcast_ref::<TransactionEnded>() {
+                    return Err(ended.clone().into());
+                }
+                return Ok(Err(format!("{err:#}")));
+            }
         };
         let id = uuid::Uuid::now_v7().to_string();
         let time = SystemTime::now()
@@ -73,6 +79,10 @@ impl Host for Invocation {
                     self.request_id
                 ])
             });
+        self.note_storage(&inserted);
+        // Like a statement of the guest's own, an insert that made SQLite
+        // end the transaction fails the invocation.
+        self.txn.check(&inserted)?;
         Ok(match inserted {
             Ok(_) => {
                 self.txn.published += 1;

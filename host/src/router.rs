@@ -18,6 +18,7 @@ use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 
 use crate::component::{DeadlineExceeded, Loaded};
+use crate::database::lacks_storage;
 use crate::error::ApiError;
 use crate::runtime::Runtime;
 use crate::telemetry;
@@ -32,6 +33,9 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .merge(crate::admin::router(runtime.clone()))
+        // The host's own errors (axum's rejections: a bad path parameter, a
+        // wrong method, a body over the limit) in the API's JSON shape.
+        .route_layer(axum::middleware::map_response(json_errors))
         .fallback(dispatch)
         .with_state(runtime)
 }
@@ -41,6 +45,36 @@ async fn metrics(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         telemetry::render(&runtime).await,
     )
+}
+
+/// Turns a plain-text error of the host's own routes into
+/// `{"error","message"}`; JSON answers pass untouched.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).into_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let code = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
+        .replace(' ', "-");
+    let mut json = crate::admin::error(status, &code, &text);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name, value.clone());
+        }
+    }
+    json
 }
 
 async fn ready(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
@@ -113,6 +147,13 @@ async fn route(runtime: &Runtime, request: Request, request_id: &str) -> Result<
         }
         Some(_) => {}
     }
+    // A body announced over the limit is refused before it is read, so a
+    // client sending `Expect: 100-continue` gets 413 instead of "100 Continue".
+    if content_length(&parts.headers).is_some_and(|length| length > limits.max_request_bytes as u64) {
+        return Err(ApiError::TooLarge {
+            limit: limits.max_request_bytes,
+        });
+    }
     // The body arrives before an instance is taken, and within the deadline:
     // slow senders must not hold the component's instances.
     let body = read_body(body, limits.max_request_bytes, limits.timeout()).await?;
@@ -126,13 +167,23 @@ async fn route(runtime: &Runtime, request: Request, request_id: &str) -> Result<
             _ => return Err(ApiError::Busy(name.into())),
         },
     };
-    if runtime.faults.inject(name).await {
-        return Err(ApiError::FaultInjected(name.into()));
-    }
-    match tokio::time::timeout(limits.timeout() + GRACE, invoke(&loaded, request, request_id)).await {
+    // An injected delay counts against the deadline, like the guest's own
+    // time.
+    let invocation = async {
+        if runtime.faults.inject(name).await {
+            return Err(ApiError::FaultInjected(name.into()));
+        }
+        invoke(&loaded, request, request_id).await
+    };
+    match tokio::time::timeout(limits.timeout() + GRACE, invocation).await {
         Ok(result) => result,
         Err(_) => Err(ApiError::Deadline(name.into())),
     }
+}
+
+/// The `Content-Length` a request announces, if it announces a valid one.
+pub fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// Bodies this much over the limit are still read (and dropped) before the
@@ -180,6 +231,9 @@ async fn invoke(loaded: &Loaded, request: hyper::Request<Full<Bytes>>, request_i
     let failed = |cause: anyhow::Error| {
         if DeadlineExceeded::caused(&cause) {
             ApiError::Deadline(name.clone())
+        } else if lacks_storage(&cause) {
+            tracing::warn!(component = %name, cause = %format!("{cause:#}"), "out of storage");
+            ApiError::InsufficientStorage(name.clone())
         } else {
             ApiError::ComponentFailed {
                 component: name.clone(),
@@ -231,8 +285,12 @@ async fn invoke(loaded: &Loaded, request: hyper::Request<Full<Bytes>>, request_i
     let (guest, response) = tokio::join!(guest, response);
     let mut store = guest.map_err(&failed)?;
     let (parts, body) = response.map_err(&failed)?;
-    loaded
-        .finish(&mut store, parts.status.as_u16() < 500)
-        .map_err(&failed)?;
+    let ok = parts.status.as_u16() < 500;
+    loaded.finish(&mut store, ok).map_err(&failed)?;
+    // A component that failed for lack of storage did not fail by itself:
+    // the caller learns that the server is out of space.
+    if !ok && store.data().storage_full {
+        return Err(ApiError::InsufficientStorage(name));
+    }
     Ok(Response::from_parts(parts, Body::from(body)))
 }

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use sha2::{Digest, Sha256};
@@ -21,8 +21,8 @@ use wasmtime_wasi_http::{WasiHttp, WasiHttpView};
 
 use crate::bindings;
 use crate::bus::{EventBus, SqliteBus, TopicStats};
-use crate::component::{Loaded, Slot};
-use crate::config::Config;
+use crate::component::{INIT_DEADLINE, Loaded, Slot};
+use crate::config::{ComponentConfig, Config};
 use crate::database::Database;
 use crate::delivery::Stats;
 use crate::engine::{self, EpochTicker};
@@ -73,7 +73,9 @@ impl Runtime {
         let config = Arc::new(config);
         let data_dir = &config.server.data_dir;
         std::fs::create_dir_all(data_dir.join("deployed"))
+            .map_err(|err| read_only(err, data_dir))
             .with_context(|| format!("failed to create data directory {}", data_dir.display()))?;
+        check_writable(data_dir)?;
         let max_memory = config
             .components
             .values()
@@ -154,18 +156,20 @@ impl Runtime {
             tracing::info!(component = name, path = %path.display(), "loading the deployed version");
         }
         let db_path = self.config.server.data_dir.join(format!("{name}.db"));
-        let config: WasiConfigVariables = settings.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let config = wasi_config(settings);
         let db = Database::open(&db_path)?;
         db.limit_size(u64::from(settings.limits.database_mib) * 1024 * 1024)?;
         let slot = Arc::new(Slot::new(name, db, config, settings.limits));
         let loaded = self.prepare(slot, wasm.into()).await?;
+        // Nothing serves yet: `init` migrates the database in place.
+        loaded.init(INIT_DEADLINE).await?;
         self.registry.install(Arc::new(loaded));
         Ok(())
     }
 
-    /// The readiness gate: compiles `wasm` off the request path, links it,
-    /// checks it against the routes, subscriptions and links of its
-    /// component, and runs its `init`. Nothing is installed.
+    /// Compiles `wasm` off the request path, links it, and checks it
+    /// against the routes, subscriptions and links of its component. Its
+    /// `init` has not run yet; nothing is installed.
     async fn prepare(&self, slot: Arc<Slot>, wasm: Arc<[u8]>) -> anyhow::Result<Loaded> {
         let name = slot.name.to_string();
         let version = digest(&wasm);
@@ -206,8 +210,47 @@ impl Runtime {
         if !settings.subscribe.is_empty() && !loaded.handles_events() {
             bail!("it subscribes to topics but does not export rentcar:host/event-handler");
         }
-        loaded.init().await?;
         Ok(loaded)
+    }
+
+    /// Runs the `init` of a version about to replace the running one while
+    /// the running one serves on. `init` runs first on a copy of the
+    /// database, which the running version never waits for: a migration
+    /// that fails (or never ends) is refused without having touched the
+    /// live database. Then it runs on the live database, where it holds the
+    /// write turn for as long as the migration takes, bounded by twice its
+    /// time on the copy plus a second.
+    async fn init_beside(&self, loaded: &Loaded) -> anyhow::Result<()> {
+        let name = loaded.name();
+        let dir = self.config.server.data_dir.join("deploying");
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let copy_path = dir.join(format!("{name}.db"));
+        remove_database(&copy_path)?;
+        let rehearsal = async {
+            loaded.slot.db.copy_to(&copy_path).await?;
+            let copy = Database::open(&copy_path)?;
+            copy.limit_size(u64::from(loaded.slot.limits.database_mib) * 1024 * 1024)?;
+            let slot = Arc::new(Slot::new(
+                name,
+                copy,
+                wasi_config(&self.config.components[name]),
+                loaded.slot.limits,
+            ));
+            let started = Instant::now();
+            loaded.on(slot).init(INIT_DEADLINE).await?;
+            anyhow::Ok(started.elapsed())
+        };
+        let rehearsed = rehearsal.await;
+        remove_database(&copy_path)?;
+        let took = rehearsed.context("init failed on a copy of the database")?;
+        let bound = (took * 2 + Duration::from_secs(1)).min(INIT_DEADLINE);
+        loaded.init(bound).await.with_context(|| {
+            format!(
+                "init on the live database did not finish within {} ms (it took {} ms on a copy)",
+                bound.as_millis(),
+                took.as_millis()
+            )
+        })
     }
 
     /// Replaces the running version of `name` with `wasm` once it passed the
@@ -226,6 +269,7 @@ impl Runtime {
             .prepare(current.slot.clone(), wasm.clone())
             .await
             .map_err(DeployError::Refused)?;
+        self.init_beside(&loaded).await.map_err(DeployError::Refused)?;
         if loaded.version == current.version {
             tracing::info!(component = name, version = %loaded.version, "deployed version is already running");
         } else {
@@ -403,6 +447,42 @@ const PROGRESS: std::time::Duration = std::time::Duration::from_secs(2);
 /// SHA-256 of the wasm, in hex: a version's identity.
 fn digest(wasm: &[u8]) -> String {
     Sha256::digest(wasm).iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Fails with a clear message when the data directory cannot be written
+/// (SQLite would only say "disk I/O error" at the first write).
+fn check_writable(data_dir: &Path) -> anyhow::Result<()> {
+    let probe = data_dir.join(".write-test");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|err| read_only(err, data_dir))
+        .with_context(|| format!("cannot write to data directory {}", data_dir.display()))
+}
+
+/// Names a read-only file system or directory as such.
+fn read_only(err: std::io::Error, data_dir: &Path) -> anyhow::Error {
+    match err.kind() {
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+            anyhow::anyhow!("data directory {} is read-only ({err})", data_dir.display())
+        }
+        _ => err.into(),
+    }
+}
+
+/// What a component reads through `wasi:config/store`.
+fn wasi_config(settings: &ComponentConfig) -> WasiConfigVariables {
+    settings.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// Removes a database file and what SQLite keeps beside it.
+fn remove_database(path: &Path) -> anyhow::Result<()> {
+    remove_if_present(path)?;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut beside = path.as_os_str().to_owned();
+        beside.push(suffix);
+        remove_if_present(Path::new(&beside))?;
+    }
+    Ok(())
 }
 
 /// Renames `from` to `to`; `false` if there was no `from`.

@@ -4,6 +4,7 @@
 use rusqlite::types::{Value as SqlValue, ValueRef};
 
 use crate::bindings::sql::{Changes, Error, Host, Value};
+use crate::database::TransactionEnded;
 use crate::invocation::Invocation;
 
 impl Host for Invocation {
@@ -78,22 +79,25 @@ impl Invocation {
         f: impl FnOnce(&mut rusqlite::CachedStatement<'_>, Vec<SqlValue>) -> rusqlite::Result<R>,
     ) -> wasmtime::Result<Result<(R, i64), Error>> {
         if let Err(err) = self.txn.conn().await {
-            return Ok(Err(to_error(err)));
+            // The transaction cannot even begin, or SQLite ended it earlier.
+            if let Some(ended) = err.downcast_ref::<TransactionEnded>() {
+                return Err(ended.clone().into());
+            }
+            return Ok(Err(Error::Other(format!("{err:#}"))));
         }
         let (db, conn) = self.txn.parts();
-        let result = db.until(self.deadline, || {
+        let result = db.run_guest(self.deadline, || {
             let mut stmt = db.prepare_guest(conn, statement)?;
             f(&mut stmt, params.into_iter().map(from_guest).collect())
         });
-        let result = result.map(|rows| (rows, conn.last_insert_rowid())).map_err(to_error);
-        // `INSERT OR ROLLBACK`, `RAISE(ROLLBACK)` and some I/O errors end the
-        // transaction itself: what the invocation did is gone, and what it
-        // would do next must not commit on its own. It fails here.
-        if conn.is_autocommit() {
-            let cause = result.err().map_or_else(|| "no error".into(), |err| format!("{err:?}"));
-            wasmtime::bail!("a statement ended the invocation's transaction ({cause})");
-        }
-        Ok(result)
+        let result = result.map(|rows| (rows, conn.last_insert_rowid()));
+        self.note_storage(&result);
+        // `INSERT OR ROLLBACK`, `RAISE(ROLLBACK)`, a full disk and some I/O
+        // errors end the transaction itself: what the invocation did is
+        // gone, and what it would do next must not commit on its own. It
+        // fails here.
+        self.txn.check(&result)?;
+        Ok(result.map_err(to_error))
     }
 }
 

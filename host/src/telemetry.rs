@@ -5,8 +5,8 @@
 //! flight, circuit states, event lag) are read from the runtime at scrape
 //! time, so they cannot drift.
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -100,11 +100,45 @@ pub async fn render(runtime: &Runtime) -> String {
         let link = &policy.link;
         metrics::gauge!("rentcar_circuit_open", "from" => link.from.clone(), "to" => link.to.clone()).set(state);
     }
-    for sub in runtime.subscription_logs().await.unwrap_or_default() {
-        let labels = [("consumer", sub.consumer), ("topic", sub.topic)];
-        metrics::gauge!("rentcar_event_lag", &labels).set(sub.log.lag as f64);
+    // Lag is counted in the log, which costs more the longer the log: at
+    // most once per LAG_EVERY, however often (or by how many) it is scraped.
+    if LAG_REFRESH.claim(Instant::now()) {
+        for sub in runtime.subscription_logs().await.unwrap_or_default() {
+            let labels = [("consumer", sub.consumer), ("topic", sub.topic)];
+            metrics::gauge!("rentcar_event_lag", &labels).set(sub.log.lag as f64);
+        }
     }
     handle().render()
+}
+
+/// How often a scrape counts the event lag again.
+const LAG_EVERY: Duration = Duration::from_secs(1);
+
+static LAG_REFRESH: Throttle = Throttle::new(LAG_EVERY);
+
+/// Lets something happen at most once per period.
+struct Throttle {
+    period: Duration,
+    last: Mutex<Option<Instant>>,
+}
+
+impl Throttle {
+    const fn new(period: Duration) -> Throttle {
+        Throttle {
+            period,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Whether it may happen at `now`; if so, the next time is a period on.
+    fn claim(&self, now: Instant) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|last| now < last + self.period) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
 }
 
 /// The id of a request: the caller's `x-request-id` if it is sane, else a
@@ -116,4 +150,21 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .and_then(|value| value.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::Throttle;
+
+    #[test]
+    fn a_throttle_lets_one_through_per_period() {
+        let throttle = Throttle::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert!(throttle.claim(t0));
+        assert!(!throttle.claim(t0), "a second scrape at once");
+        assert!(!throttle.claim(t0 + Duration::from_millis(999)));
+        assert!(throttle.claim(t0 + Duration::from_secs(1)));
+    }
 }

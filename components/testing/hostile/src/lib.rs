@@ -14,7 +14,19 @@
 //! - `/hostile/sql/sequence`: rewrites `sqlite_sequence`, where the host's
 //!   outbox keeps its ids;
 //! - `/hostile/sql/forever`: a statement that never ends;
-//! - `/hostile/sql/fill`: writes 100 KiB blobs until the database is full.
+//! - `/hostile/sql/fill`: writes 100 KiB blobs until the database is full;
+//! - `/hostile/sql/fill-kept/{size}`: writes blobs of `size` bytes, each
+//!   committed, until the database is full;
+//! - `/hostile/sql/publish-full`: publishes big events until that fails
+//!   (into a full database, say), then writes again;
+//! - `/hostile/sql/trigger`: a trigger that rewrites `sqlite_sequence`,
+//!   compiled into a statement prepared before it;
+//! - `/hostile/sql/temp`, `/hostile/sql/pragma`: a TEMP table, and the
+//!   host's data path through `pragma_database_list`;
+//! - `/hostile/hold/{mib}/{ms}`: holds memory for a while;
+//! - `/hostile/publish/{count}`: publishes `count` events of 200 KiB;
+//! - `/hostile/init-plan/{sleep_ms}/{fail}`: makes the next `init` sleep,
+//!   and fail if `fail` is 1 (to try a deploy on).
 //!
 //! The SQL attacks answer 200 with `{"result": ...}`, the outcome the guest
 //! saw, when the host lets the guest go on.
@@ -23,7 +35,7 @@
 
 use std::hint::black_box;
 
-use rentcar_sdk::{Request, Response, db};
+use rentcar_sdk::{Request, Response, db, publish};
 use wasip2::http::types::{Fields, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
 wit_bindgen::generate!({
@@ -42,9 +54,23 @@ use exports::rentcar::host::lifecycle;
 struct Component;
 
 impl lifecycle::Guest for Component {
+    /// Migrates, then follows the plan `/hostile/init-plan` left: a slow
+    /// and perhaps failing migration, to try a deploy on.
     fn init() -> Result<(), String> {
-        db::migrate(&["CREATE TABLE t (k INTEGER PRIMARY KEY)", "CREATE TABLE blobs (b BLOB)"])
-            .map_err(|err| format!("{err:?}"))
+        db::migrate(&[
+            "CREATE TABLE t (k INTEGER PRIMARY KEY)",
+            "CREATE TABLE blobs (b BLOB)",
+            "CREATE TABLE init_plan (sleep_ms INTEGER NOT NULL, fail INTEGER NOT NULL)",
+        ])
+        .map_err(|err| format!("{err:?}"))?;
+        let plan = db::query_row("SELECT sleep_ms, fail FROM init_plan", &[]).map_err(|err| format!("{err:?}"))?;
+        if let Some(plan) = plan {
+            std::thread::sleep(std::time::Duration::from_millis(plan.int(0) as u64));
+            if plan.int(1) != 0 {
+                return Err("failing as planned".into());
+            }
+        }
+        Ok(())
     }
 
     fn reset() -> Result<(), String> {
@@ -81,9 +107,42 @@ fn route(request: Request) -> Response {
         ["hostile", "recurse"] => Response::json(200, &recurse(black_box(1))),
         ["hostile", "trap"] => panic!("trapping on purpose"),
         ["hostile", "escape"] => escape(),
+        ["hostile", "sql", "fill-kept", size] => {
+            // Each blob commits: what fits stays when the database is full.
+            let filled = (0..1_000_000).find_map(|_| {
+                db::execute("INSERT INTO blobs VALUES (zeroblob(?))", &[number(size).into()])
+                    .and_then(|_| db::commit())
+                    .err()
+            });
+            Response::json(200, &serde_json::json!({ "result": format!("{filled:?}") }))
+        }
         ["hostile", "sql", attack] => sql(attack),
+        ["hostile", "init-plan", sleep_ms, fail] => {
+            let plan = [number(sleep_ms).into(), number(fail).into()];
+            let planned = db::execute("DELETE FROM init_plan", &[])
+                .and_then(|_| db::execute("INSERT INTO init_plan (sleep_ms, fail) VALUES (?, ?)", &plan));
+            Response::json(200, &serde_json::json!({ "result": format!("{planned:?}") }))
+        }
+        ["hostile", "hold", mib, ms] => hold(number(mib), number(ms)),
+        ["hostile", "publish", count] => {
+            let payload = serde_json::json!({ "filler": "x".repeat(200 * 1024) });
+            let published: Result<(), String> =
+                (0..number(count)).try_for_each(|i| publish("hostile", &i.to_string(), "Big", &payload));
+            Response::json(200, &serde_json::json!({ "result": format!("{published:?}") }))
+        }
         _ => Response::not_found("no such attack"),
     }
+}
+
+fn number(text: &str) -> i64 {
+    text.parse().unwrap_or(0)
+}
+
+/// Holds `mib` MiB of memory for `ms` ms, then answers.
+fn hold(mib: i64, ms: i64) -> Response {
+    let hoard = black_box(vec![1u8; mib as usize * 1024 * 1024]);
+    std::thread::sleep(std::time::Duration::from_millis(ms as u64));
+    Response::json(200, &serde_json::json!({ "held": hoard.len() }))
 }
 
 #[allow(unconditional_recursion, reason = "overflowing the stack is the point")]
@@ -129,6 +188,33 @@ fn sql(attack: &str) -> Response {
             let result: Result<(), db::Error> = fill();
             format!("{result:?}")
         }
+        // Fills the database, keeps it, then publishes into the full
+        // database, then writes once more: nothing of the last part may
+        // commit (the guest answers 500 anyway).
+        "publish-full" => {
+            let payload = serde_json::json!({ "filler": "x".repeat(200 * 1024) });
+            let published = (0..50).find_map(|i| publish("hostile", &i.to_string(), "Big", &payload).err());
+            let after = db::execute("INSERT INTO t VALUES (99)", &[]);
+            return Response::internal(&format!("published: {published:?}, after: {after:?}"));
+        }
+        // A statement prepared before a trigger exists is prepared again
+        // when it runs next, with the trigger compiled into it.
+        "trigger" => {
+            let insert = "INSERT INTO t (k) VALUES (?)";
+            let first = db::execute(insert, &[1i64.into()]);
+            let trigger = db::execute(
+                "CREATE TRIGGER rewind AFTER INSERT ON t BEGIN UPDATE sqlite_sequence SET seq = 0; END",
+                &[],
+            );
+            let again = db::execute(insert, &[2i64.into()]);
+            format!("first: {first:?}, trigger: {trigger:?}, again: {again:?}")
+        }
+        "temp" => format!("{:?}", db::execute("CREATE TEMP TABLE hoard (b BLOB)", &[])),
+        "pragma" => format!(
+            "{:?}",
+            db::query("SELECT file FROM pragma_database_list", &[])
+                .map(|rows| rows.iter().map(|row| row.text(0)).collect::<Vec<_>>())
+        ),
         "forever" => format!(
             "{:?}",
             db::query(

@@ -7,12 +7,17 @@
 //!   sequence number, in one transaction.
 //! - `POST /probe/fix`: from now on, poisoned events are accepted.
 //! - `GET /probe/seen`: what the handler applied, in order.
+//! - `POST /probe/fill` `{"size"}` and `/probe/free`: fill the database up
+//!   to its `database_mib` with blobs of `size` bytes, and make room again.
 //! - `POST /probe/split`: records `("split", 1)`, commits midway
 //!   (`sql.commit`), records `("split", 2)` and fails with a 500: only the
 //!   first survives.
 //!
 //! The handler fails on an event whose payload has `"poison": true` until
 //! fixed, and on any event if the host lets it commit midway.
+//!
+//! Routes go by their last segment: loaded under another name (`sink`,
+//! routed at `/sink`), the probe answers `/sink/seen` the same way.
 
 #![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
@@ -40,6 +45,7 @@ impl lifecycle::Guest for Component {
         db::migrate(&[
             "CREATE TABLE seen (n INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, seq INTEGER NOT NULL)",
             "CREATE TABLE fixed (yes INTEGER NOT NULL)",
+            "CREATE TABLE blobs (b BLOB)",
         ])
         .map_err(|err| err.to_string())
     }
@@ -95,17 +101,28 @@ impl wasip2::exports::http::incoming_handler::Guest for Component {
     }
 }
 
+/// Routes by the path's last segment, so that the probe also serves under
+/// another name (a second component loaded from the same file).
 fn route(request: Request) -> Response {
     let result = match (request.method.as_str(), request.segments().as_slice()) {
-        ("POST", ["probe", "publish"]) => match request.json::<PublishRequest>() {
+        ("POST", [_, "publish"]) => match request.json::<PublishRequest>() {
             Ok(publish) => publish_many(&publish),
             Err(response) => return response,
         },
-        ("POST", ["probe", "split"]) => split().map(|()| Response::internal("failed after a commit midway")),
-        ("POST", ["probe", "fix"]) => db::execute("INSERT INTO fixed (yes) VALUES (1)", &[])
+        ("POST", [_, "split"]) => split().map(|()| Response::internal("failed after a commit midway")),
+        ("POST", [_, "fix"]) => db::execute("INSERT INTO fixed (yes) VALUES (1)", &[])
             .map(|_| Response::json(200, &serde_json::json!({ "fixed": true })))
             .map_err(|err| err.to_string()),
-        ("GET", ["probe", "seen"]) => db::query("SELECT key, seq FROM seen ORDER BY n", &[])
+        ("POST", [_, "fill"]) => match request.json::<FillRequest>() {
+            Ok(fill_request) => {
+                fill(fill_request.size).map(|blobs| Response::json(200, &serde_json::json!({ "blobs": blobs })))
+            }
+            Err(response) => return response,
+        },
+        ("POST", [_, "free"]) => db::execute("DELETE FROM blobs", &[])
+            .map(|_| Response::json(200, &serde_json::json!({ "freed": true })))
+            .map_err(|err| err.to_string()),
+        ("GET", [_, "seen"]) => db::query("SELECT key, seq FROM seen ORDER BY n", &[])
             .map(|rows| {
                 let seen: Vec<_> = rows
                     .iter()
@@ -117,6 +134,24 @@ fn route(request: Request) -> Response {
         _ => return Response::not_found("no such route"),
     };
     result.unwrap_or_else(|err| Response::internal(&err))
+}
+
+#[derive(Deserialize)]
+struct FillRequest {
+    size: i64,
+}
+
+/// Writes blobs of `size` bytes, each committed, until the database is
+/// full; returns how many it wrote. (SQLite ends the transaction of the
+/// write that does not fit, which fails the invocation: the blobs before
+/// it stay.)
+fn fill(size: i64) -> Result<u64, String> {
+    let mut blobs = 0;
+    while db::execute("INSERT INTO blobs VALUES (zeroblob(?))", &[size.into()]).is_ok() {
+        blobs += 1;
+        db::commit().map_err(|err| err.to_string())?;
+    }
+    Ok(blobs)
 }
 
 fn split() -> Result<(), String> {

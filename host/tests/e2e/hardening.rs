@@ -1,0 +1,351 @@
+//! What an adversarial pass broke in the host (issue #7): transactions on
+//! error paths, the SQL sandbox, deploys, disk and memory bounds, hangs,
+//! and the answers users get.
+
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::{Host, TOKEN, eventually, variant, wasm};
+
+/// The hostile component beside the well-behaved probe, with a 1 MiB
+/// database and `extra` lines appended (more components, `[delivery]`).
+fn config(dir: &Path, hostile_limits: &str, extra: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join("hardening.toml");
+    let config = format!(
+        "[components.hostile]\npath = {:?}\nroutes = [\"/hostile\"]\n\
+         [components.hostile.limits]\ndatabase_mib = 1\n{hostile_limits}\n\n\
+         [components.probe]\npath = {:?}\nroutes = [\"/probe\"]\nsubscribe = [\"probe\"]\n\n{extra}\n",
+        wasm("hostile"),
+        wasm("probe")
+    );
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+fn start(dir: &Path, hostile_limits: &str, extra: &str) -> anyhow::Result<Host> {
+    Host::start_with(&config(dir, hostile_limits, extra)?, &dir.join("data"))
+}
+
+fn result(body: &Value) -> String {
+    body["result"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn a_transaction_sqlite_ended_commits_nothing_after_a_failed_publish() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = start(dir.path(), "", "")?;
+    // The database is full (a statement that fills it fails the invocation,
+    // what it committed before stays)...
+    for size in [100_000, 10_000, 1_000] {
+        let (status, body) = host.get(&format!("/hostile/sql/fill-kept/{size}")).await?;
+        assert!(status >= 500, "{status} {body}");
+    }
+    // ...a publish into it fails and SQLite ends the transaction; the
+    // guest writes once more and answers 500 anyway.
+    let (status, body) = host.get("/hostile/sql/publish-full").await?;
+    assert!(status >= 500, "{status} {body}");
+    // The write after the failed publish did not commit on its own.
+    let (status, body) = host.get("/hostile/sql/count").await?;
+    assert_eq!((status, result(&body)), (200, "Ok(Some(0))".into()), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_sql_sandbox_judges_every_preparation_and_keeps_nothing_on_the_connection() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = start(dir.path(), "", "")?;
+    // A trigger on the guest's own table, compiled into a statement that
+    // was prepared before it, still may not rewrite SQLite's bookkeeping.
+    let (status, body) = host.get("/hostile/sql/trigger").await?;
+    let outcome = result(&body);
+    assert_eq!(status, 200, "{body}");
+    assert!(outcome.contains("trigger: Ok"), "{outcome}");
+    assert!(outcome.contains("again: Err(Error::Denied"), "{outcome}");
+
+    // No TEMP objects: they would outlive the invocation, outside the quota.
+    let (_, body) = host.get("/hostile/sql/temp").await?;
+    assert!(result(&body).contains("Denied"), "{body}");
+    // The host's data path stays hidden.
+    let (_, body) = host.get("/hostile/sql/pragma").await?;
+    assert!(result(&body).contains("Denied"), "{body}");
+    assert!(!result(&body).contains(&dir.path().display().to_string()), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_running_version_serves_while_a_slow_init_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = start(dir.path(), "timeout_ms = 2000", "")?;
+    // The next init sleeps 3 s, then fails.
+    let (status, body) = host.get("/hostile/init-plan/3000/1").await?;
+    assert!(status == 200 && result(&body).starts_with("Ok"), "{body}");
+
+    let client = reqwest::Client::new();
+    let deploy = |tag: &str| {
+        let request = client
+            .put(format!("{}/admin/components/hostile", host.base))
+            .bearer_auth(TOKEN)
+            .body(variant("hostile", tag).expect("hostile is built"));
+        host.send(request)
+    };
+    let serving = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut slowest = Duration::ZERO;
+        for _ in 0..10 {
+            let started = Instant::now();
+            let (status, body) = host.get("/hostile/sql/count").await?;
+            anyhow::ensure!(status == 200, "the running version answered {status}: {body}");
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        anyhow::Ok(slowest)
+    };
+    let (deployed, slowest) = tokio::join!(deploy("slow"), serving);
+    let (status, body) = deployed?;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("failing as planned"),
+        "{body}"
+    );
+    // Never waited for the migration (3 s) on the live database.
+    assert!(slowest?.as_millis() < 1000);
+
+    // A good migration still goes through, on the live database too.
+    host.get("/hostile/init-plan/0/0").await?;
+    let (status, body) = deploy("good").await?;
+    assert_eq!(status, 200, "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn faults_are_validated_and_their_delay_counts_against_the_deadline() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = start(dir.path(), "timeout_ms = 300", "")?;
+    let (status, body) = host
+        .fault("hostile", json!({ "delayMs": 1, "jitterMs": u64::MAX }))
+        .await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid-request")),
+        "{body}"
+    );
+
+    let (status, body) = host.fault("hostile", json!({ "delayMs": 5000 })).await?;
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    let (status, body) = host.get("/hostile/sql/count").await?;
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_database_is_507_and_its_events_wait_instead_of_dying() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sink = format!(
+        "[components.sink]\npath = {:?}\nroutes = [\"/sink\"]\nsubscribe = [\"probe\"]\n\
+         [components.sink.limits]\ndatabase_mib = 1\n\n\
+         [delivery]\nmax_attempts = 2\nbackoff_ms = 10\nmax_backoff_ms = 200\n",
+        wasm("probe")
+    );
+    let host = start(dir.path(), "", &sink)?;
+
+    // A guest that fails for lack of storage: 507, not the guest's 500.
+    let (status, body) = host.get("/hostile/sql/fill-kept/100000").await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (507, Some("insufficient-storage")),
+        "{body}"
+    );
+
+    // Events for a consumer whose database is full wait for room, without
+    // using up their attempts, and are applied once there is room.
+    for size in [100_000, 10_000, 1_000, 100, 10] {
+        let (status, body) = host.post("/sink/fill", json!({ "size": size })).await?;
+        assert_eq!(status, 507, "{body}");
+    }
+    let (status, body) = host
+        .post("/probe/publish", json!({ "topic": "probe", "keys": 4, "count": 200 }))
+        .await?;
+    assert_eq!(status, 202, "{body}");
+    eventually("the sink to run out of room", Duration::from_secs(20), || async {
+        let (_, subscriptions) = host.admin(Method::GET, "/admin/subscriptions").await?;
+        let sink = subscriptions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["consumer"] == "sink")
+            .cloned()
+            .unwrap_or_default();
+        Ok(sink["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("full"))
+            .then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, letters) = host.admin(Method::GET, "/admin/dead-letters").await?;
+    assert_eq!(letters, json!([]), "nothing is dead-lettered for a full disk");
+
+    let (status, body) = host.post("/sink/free", json!({})).await?;
+    assert_eq!(status, 200, "{body}");
+    eventually("every event applied", Duration::from_secs(20), || async {
+        let (_, seen) = host.get("/sink/seen").await?;
+        Ok((seen.as_array().map_or(0, Vec::len) == 200).then_some(()))
+    })
+    .await?;
+    let (_, letters) = host.admin(Method::GET, "/admin/dead-letters").await?;
+    assert_eq!(letters, json!([]));
+    Ok(())
+}
+
+#[test]
+fn a_read_only_data_directory_is_named_as_such() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("deployed"))?;
+    let config = config(dir.path(), "", "")?;
+    // A read-only bind mount in a namespace of its own (no privileges).
+    let script = format!(
+        "mount --bind {data} {data} && mount -o remount,bind,ro {data} && exec {host} serve --config {config} \
+         --data-dir {data} --listen 127.0.0.1:0",
+        data = data.display(),
+        host = env!("CARGO_BIN_EXE_rentcar-host"),
+        config = config.display(),
+    );
+    let output = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("is read-only"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_log_that_cannot_be_written_fails_no_request() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // stderr is /dev/full, so the readiness line cannot be read: the port
+    // is picked here (and may race, hence the retries).
+    let (mut child, base) = (1..=5)
+        .find_map(|_| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            let child = std::process::Command::new(env!("CARGO_BIN_EXE_rentcar-host"))
+                .args(["serve", "--config"])
+                .arg(config(dir.path(), "", "").ok()?)
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .env("RUST_LOG", "debug")
+                .env("RUST_BACKTRACE", "0")
+                .stderr(std::fs::File::create("/dev/full").ok()?)
+                .spawn()
+                .ok()?;
+            Some((KillOnDrop(child), format!("http://127.0.0.1:{port}")))
+        })
+        .ok_or_else(|| anyhow::anyhow!("cannot start the host"))?;
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        anyhow::ensure!(child.0.try_wait()?.is_none(), "the host exited");
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "the host did not listen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..20 {
+        let response = client
+            .post(format!("{base}/probe/publish"))
+            .json(&json!({ "topic": "probe", "keys": 1, "count": 1 }))
+            .send()
+            .await?;
+        assert_eq!(response.status(), 202);
+        let response = client.get(format!("{base}/probe/seen")).send().await?;
+        assert_eq!(response.status(), 200);
+    }
+    assert!(child.0.try_wait()?.is_none(), "the host is still up");
+    Ok(())
+}
+
+/// A child process killed when the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_hosts_own_errors_are_json() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = start(dir.path(), "max_request_bytes = 1000", "")?;
+    // A client per request: a refused upload closes its connection.
+    let admin = |method: Method, path: &str| {
+        reqwest::Client::new()
+            .request(method, format!("{}{path}", host.base))
+            .bearer_auth(TOKEN)
+    };
+    let cases = [
+        (admin(Method::POST, "/admin/dead-letters/abc/replay"), 400),
+        (admin(Method::DELETE, "/admin/links"), 405),
+        (
+            admin(Method::PUT, "/admin/components/probe").body(vec![0u8; 65 * 1024 * 1024]),
+            413,
+        ),
+        (reqwest::Client::new().post(format!("{}/healthz", host.base)), 405),
+    ];
+    for (request, expected) in cases {
+        let (status, body) = host.send(request).await?;
+        assert_eq!(status, expected, "{body}");
+        assert!(
+            body["error"].is_string() && body["message"].is_string(),
+            "{status}: {body}"
+        );
+    }
+
+    // A body announced over the limit gets its 413 before "100 Continue".
+    let address = host.base.trim_start_matches("http://").to_string();
+    let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        let mut stream = std::net::TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(
+            b"POST /hostile/sql/count HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+        )?;
+        let mut buffer = [0u8; 512];
+        let read = stream.read(&mut buffer)?;
+        Ok(String::from_utf8_lossy(&buffer[..read]).into_owned())
+    })
+    .await??;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_scrapes_of_metrics_all_answer() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = start(dir.path(), "", "")?;
+    let scrapes = join_all((0..50).map(|_| host.get("/metrics"))).await;
+    for scrape in scrapes {
+        let (status, body) = scrape?;
+        assert_eq!(status, 200);
+        assert!(
+            body.as_str().unwrap_or_default().contains("rentcar_event_lag"),
+            "{body}"
+        );
+    }
+    Ok(())
+}
