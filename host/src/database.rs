@@ -512,6 +512,8 @@ impl Drop for Transaction {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -531,8 +533,11 @@ mod tests {
         let mut txn = Transaction::new(db.clone());
         txn.conn().await?;
         let (db, conn) = txn.parts();
-        db.prepare_guest(conn, "CREATE TABLE cars (id INTEGER PRIMARY KEY)")?
-            .execute([])?;
+        let later = Instant::now() + Duration::from_secs(5);
+        let guest = |statement: &str| {
+            db.run_guest(later, || db.prepare_guest(conn, statement)?.execute([]))
+        };
+        guest("CREATE TABLE cars (id INTEGER PRIMARY KEY)")?;
         for denied in [
             "ATTACH DATABASE 'other.db' AS other",
             "DETACH DATABASE main",
@@ -547,8 +552,10 @@ mod tests {
             "UPDATE sqlite_sequence SET seq = 0",
             "DELETE FROM sqlite_sequence",
             "INSERT INTO sqlite_sequence VALUES ('cars', 1)",
+            "CREATE TEMP TABLE scratch (x)",
+            "SELECT * FROM pragma_database_list",
         ] {
-            assert!(db.prepare_guest(conn, denied).is_err(), "{denied} must be denied");
+            assert!(guest(denied).is_err(), "{denied} must be denied");
         }
         // Dropping or renaming its own tables updates SQLite's bookkeeping.
         for ddl in [
@@ -559,7 +566,7 @@ mod tests {
             "ALTER TABLE numbered RENAME TO renumbered",
             "DROP TABLE renumbered",
         ] {
-            db.prepare_guest(conn, ddl)?.execute([])?;
+            guest(ddl)?;
         }
         // The host's own statements still run on the same connection...
         conn.execute_batch("SELECT COUNT(*) FROM _rc_outbox")?;
@@ -579,7 +586,8 @@ mod tests {
             "COMMIT",
             "BEGIN",
         ] {
-            assert!(db.prepare_guest(conn, host_only).is_err(), "{host_only} must be denied");
+            let denied = db.run_guest(later, || db.prepare_guest(conn, host_only).map(drop));
+            assert!(denied.is_err(), "{host_only} must be denied");
         }
         Ok(())
     }

@@ -114,7 +114,7 @@ async fn sql_cannot_escape_the_invocations_transaction_or_deadline() -> anyhow::
     // The database stops at its `database_mib` (1 MiB here), and the
     // neighbour keeps serving.
     let (status, body) = host.get("/hostile/sql/fill").await?;
-    assert!(status == 500 || result(&body).contains("full"), "{status} {body}");
+    assert!(status == 507 || result(&body).contains("full"), "{status} {body}");
     assert!(std::fs::metadata(dir.path().join("data/hostile.db"))?.len() <= 1024 * 1024);
     let (status, _) = host.get("/probe/seen").await?;
     assert_eq!(status, 200);
