@@ -117,6 +117,14 @@ pub struct Server {
     /// Where compiled components are cached, by content digest. Defaults to
     /// `<data_dir>/cache`.
     pub cache_dir: Option<PathBuf>,
+    /// A connection must send a request's headers within this, new or kept
+    /// alive, and a write to it must progress within it; else it is closed.
+    pub header_timeout_ms: u64,
+    /// Connections open at once (fewer if the file limit is lower); beyond,
+    /// new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// At shutdown, how long requests in flight get to finish.
+    pub drain_ms: u64,
 }
 
 impl Default for Server {
@@ -126,6 +134,9 @@ impl Default for Server {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
             data_dir: PathBuf::from("data"),
             cache_dir: None,
+            header_timeout_ms: 10_000,
+            max_connections: 1024,
+            drain_ms: 10_000,
         }
     }
 }
@@ -440,6 +451,10 @@ impl Config {
                     link.from, link.to
                 ));
             }
+        }
+        let server = &self.server;
+        if server.header_timeout_ms == 0 || server.max_connections == 0 {
+            return invalid("[server] needs header_timeout_ms and max_connections above zero".into());
         }
         let delivery = self.delivery;
         if delivery.max_attempts == 0 || delivery.partitions == 0 || delivery.partitions > 64 {

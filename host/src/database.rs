@@ -534,9 +534,7 @@ mod tests {
         txn.conn().await?;
         let (db, conn) = txn.parts();
         let later = Instant::now() + Duration::from_secs(5);
-        let guest = |statement: &str| {
-            db.run_guest(later, || db.prepare_guest(conn, statement)?.execute([]))
-        };
+        let guest = |statement: &str| db.run_guest(later, || db.prepare_guest(conn, statement)?.execute([]));
         guest("CREATE TABLE cars (id INTEGER PRIMARY KEY)")?;
         for denied in [
             "ATTACH DATABASE 'other.db' AS other",

@@ -22,6 +22,7 @@ mod policy;
 pub mod registry;
 mod router;
 pub mod runtime;
+mod server;
 mod sql;
 mod telemetry;
 mod watch;
@@ -37,7 +38,7 @@ pub use config::Config;
 pub use runtime::Runtime;
 
 /// Serves `runtime` on `listener` until `shutdown` resolves, then lets
-/// in-flight requests and deliveries finish. With `watch`, component files
+/// in-flight requests (within `[server] drain_ms`) and deliveries finish. With `watch`, component files
 /// that change on disk are swapped in.
 pub async fn serve(
     listener: TcpListener,
@@ -55,9 +56,8 @@ pub async fn serve(
     }
     runtime.set_ready();
 
-    axum::serve(listener, router::router(runtime.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let app = router::router(runtime.clone());
+    server::serve(listener, app, &runtime.config.server, shutdown).await;
 
     tracing::info!("draining event delivery");
     token.cancel();

@@ -349,3 +349,91 @@ async fn concurrent_scrapes_of_metrics_all_answer() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Reads until the host closes the connection (whatever it answered
+/// first), within `within`; `Err` if it stays open.
+fn closed_within(mut stream: std::net::TcpStream, within: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(within))?;
+    let mut buffer = [0u8; 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Ok(started.elapsed()),
+            Ok(_) => continue,
+            // A reset is closed too.
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => return Ok(started.elapsed()),
+            Err(err) => anyhow::bail!("still open after {:?}: {err}", started.elapsed()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_and_slow_connections_are_closed_and_their_number_is_bounded() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = start(
+        dir.path(),
+        "",
+        "[server]\nheader_timeout_ms = 1500\nmax_connections = 8\n",
+    )?;
+    let address = host.base.trim_start_matches("http://").to_string();
+    let connect = || std::net::TcpStream::connect(&address);
+
+    // Eight connections take every slot: one never sends, one is kept
+    // alive after an answer, one drips its headers a byte at a time, the
+    // rest are just idle.
+    let idle = connect()?;
+    let mut kept = connect()?;
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut answer = [0u8; 12];
+    kept.read_exact(&mut answer)?;
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let slow = connect()?;
+    let mut drip = slow.try_clone()?;
+    std::thread::spawn(move || {
+        let _ = drip.write_all(b"GET /healthz HTTP/1.1\r\n");
+        for _ in 0..200 {
+            std::thread::sleep(Duration::from_millis(50));
+            if drip.write_all(b"X").is_err() {
+                return;
+            }
+        }
+    });
+    let rest = (0..5).map(|_| connect()).collect::<Result<Vec<_>, _>>()?;
+
+    // A ninth client waits in the backlog until the host closes the idle
+    // ones, and is served then; the log says why it waited.
+    let started = Instant::now();
+    let (status, _) = tokio::time::timeout(Duration::from_secs(20), host.get("/healthz")).await??;
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(host.log().contains("connection limit reached"), "{}", host.log());
+
+    // Each of the eight was closed by the host, the slow one included.
+    for stream in [idle, kept, slow].into_iter().chain(rest) {
+        closed_within(stream, Duration::from_secs(5))?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_does_not_wait_for_idle_or_stalled_clients() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut host = start(dir.path(), "", "[server]\nheader_timeout_ms = 60000\ndrain_ms = 1000\n")?;
+    let address = host.base.trim_start_matches("http://").to_string();
+    let _idle = std::net::TcpStream::connect(&address)?;
+    let mut half_sent = std::net::TcpStream::connect(&address)?;
+    half_sent.write_all(b"POST /probe/publish HTTP/1.1\r\nHost: x\r\nContent-Le")?;
+    let mut half_body = std::net::TcpStream::connect(&address)?;
+    half_body.write_all(b"POST /probe/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    let started = Instant::now();
+    let status = host.terminate()?;
+    assert!(status.success(), "{status}\n{}", host.log());
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    Ok(())
+}
