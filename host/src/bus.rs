@@ -92,14 +92,42 @@ pub trait EventBus: Send + Sync + 'static {
     async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>>;
     async fn dead_letter(&self, id: i64) -> anyhow::Result<Option<DeadLetter>>;
     async fn remove_dead_letter(&self, id: i64) -> anyhow::Result<()>;
+    /// Bytes the log holds of `topic` (see [`event_size`]).
+    async fn topic_bytes(&self, topic: &str) -> anyhow::Result<u64>;
     /// Deletes events of `topic` up to `delivered` (every consumer is past
-    /// them) that are older than `before_time` or not among the newest
-    /// `keep` events; returns how many went.
-    async fn prune(&self, topic: &str, delivered: u64, before_time: u64, keep: u64) -> anyhow::Result<usize>;
+    /// them) that `keep` does not keep; returns how many went.
+    async fn prune(&self, topic: &str, delivered: u64, keep: Keep) -> anyhow::Result<usize>;
+    /// Deletes dead letters older than `before_time`, then the oldest until
+    /// they hold at most `max_bytes`; returns how many went.
+    async fn prune_dead_letters(&self, before_time: u64, max_bytes: u64) -> anyhow::Result<usize>;
 }
+
+/// What retention keeps of a topic: events at least as new as `since`
+/// (milliseconds since the epoch), among the newest `events`, and within
+/// the newest `bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep {
+    pub since: u64,
+    pub events: u64,
+    pub bytes: u64,
+}
+
+/// What an event costs the log, in bytes: its payload, key and type, and a
+/// fixed allowance for the rest of its row (the id among it) and index.
+pub fn event_size(event: &Envelope) -> u64 {
+    (event.key.len() + event.event_type.len() + event.payload.len()) as u64 + ROW_OVERHEAD
+}
+
+const ROW_OVERHEAD: u64 = 128;
+
+/// [`event_size`] in SQL, over an `events` or `dead_letters` row.
+const SIZE: &str = "(octet_length(payload) + octet_length(key) + octet_length(type) + 128)";
 
 pub struct SqliteBus {
     conn: Mutex<Connection>,
+    /// Per topic, [`EventBus::topic_bytes`] (once asked), kept up to date
+    /// by appends and prunes under the connection's lock.
+    bytes: Mutex<HashMap<String, u64>>,
     /// Per topic, the last position appended (once someone watches it), so
     /// that an append wakes only the dispatchers of its topic.
     appended: Mutex<HashMap<String, watch::Sender<u64>>>,
@@ -155,8 +183,17 @@ impl SqliteBus {
         crate::database::stable_plans(&conn)?;
         Ok(SqliteBus {
             conn: Mutex::new(conn),
+            bytes: Mutex::default(),
             appended: Mutex::default(),
         })
+    }
+
+    /// Adds `delta` to the bytes of `topic` if they are counted yet.
+    fn count(&self, topic: &str, delta: i64) {
+        let mut bytes = self.bytes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(total) = bytes.get_mut(topic) {
+            *total = total.saturating_add_signed(delta);
+        }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<R>) -> anyhow::Result<R> {
@@ -177,8 +214,9 @@ impl EventBus for SqliteBus {
                     "INSERT OR IGNORE INTO events (id, topic, key, type, source, time, schema_version, payload, request_id)
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )?;
+                let mut added = Vec::new();
                 for e in events {
-                    insert.execute(params![
+                    let inserted = insert.execute(params![
                         e.id,
                         e.topic,
                         e.key,
@@ -189,11 +227,17 @@ impl EventBus for SqliteBus {
                         e.payload,
                         e.request_id
                     ])?;
+                    if inserted == 1 {
+                        added.push(e);
+                    }
                 }
                 let last: u64 = conn
                     .prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")?
                     .query_row([], |row| row.get(0))?;
                 conn.prepare_cached("COMMIT")?.execute([])?;
+                for e in added {
+                    self.count(&e.topic, event_size(e) as i64);
+                }
                 Ok(last)
             })();
             if appended.is_err() {
@@ -333,21 +377,72 @@ impl EventBus for SqliteBus {
         })
     }
 
-    async fn prune(&self, topic: &str, delivered: u64, before_time: u64, keep: u64) -> anyhow::Result<usize> {
+    async fn topic_bytes(&self, topic: &str) -> anyhow::Result<u64> {
         self.with(|conn| {
-            // The newest `keep` events of the topic start after this position.
-            let beyond_count: u64 = if keep == 0 {
+            let mut bytes = self.bytes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(&total) = bytes.get(topic) {
+                return Ok(total);
+            }
+            let total: u64 = conn
+                .prepare_cached(&format!("SELECT COALESCE(SUM({SIZE}), 0) FROM events WHERE topic = ?"))?
+                .query_row([topic], |row| row.get(0))?;
+            bytes.insert(topic.to_string(), total);
+            Ok(total)
+        })
+    }
+
+    async fn prune(&self, topic: &str, delivered: u64, keep: Keep) -> anyhow::Result<usize> {
+        // SQLite's integers are signed; a topic nobody hears is all delivered.
+        let delivered = delivered.min(i64::MAX as u64);
+        let over_bytes = self.topic_bytes(topic).await? > keep.bytes;
+        let freed = self.with(|conn| {
+            // The newest `keep.events` events of the topic start after this
+            // position, and the newest `keep.bytes` after that one.
+            let beyond_count: u64 = if keep.events == 0 {
                 0
             } else {
                 conn.prepare_cached(
                     "SELECT COALESCE((SELECT position FROM events WHERE topic = ?1 ORDER BY position DESC LIMIT 1 OFFSET ?2), 0)",
                 )?
-                .query_row(params![topic, keep], |row| row.get(0))?
+                .query_row(params![topic, keep.events], |row| row.get(0))?
             };
-            conn.prepare_cached(
-                "DELETE FROM events WHERE topic = ?1 AND position <= ?2 AND (time < ?3 OR position <= ?4)",
+            let beyond_bytes: u64 = if !over_bytes {
+                0
+            } else {
+                conn.prepare_cached(&format!(
+                    "SELECT COALESCE(MAX(position), 0) FROM (
+                         SELECT position, SUM({SIZE}) OVER (ORDER BY position DESC) AS newer
+                         FROM events WHERE topic = ?1)
+                     WHERE newer > ?2"
+                ))?
+                .query_row(params![topic, keep.bytes], |row| row.get(0))?
+            };
+            conn.prepare_cached(&format!(
+                "DELETE FROM events WHERE topic = ?1 AND position <= ?2 AND (time < ?3 OR position <= ?4)
+                 RETURNING {SIZE}"
+            ))?
+            .query_map(
+                params![topic, delivered, keep.since, beyond_count.max(beyond_bytes)],
+                |row| row.get::<_, u64>(0),
             )?
-            .execute(params![topic, delivered, before_time, beyond_count])
+            .collect::<rusqlite::Result<Vec<u64>>>()
+        })?;
+        self.count(topic, -(freed.iter().sum::<u64>() as i64));
+        Ok(freed.len())
+    }
+
+    async fn prune_dead_letters(&self, before_time: u64, max_bytes: u64) -> anyhow::Result<usize> {
+        self.with(|conn| {
+            let beyond_bytes: i64 = conn
+                .prepare_cached(&format!(
+                    "SELECT COALESCE(MAX(id), 0) FROM (
+                         SELECT id, SUM({SIZE} + octet_length(last_error)) OVER (ORDER BY id DESC) AS newer
+                         FROM dead_letters)
+                     WHERE newer > ?1"
+                ))?
+                .query_row([max_bytes], |row| row.get(0))?;
+            conn.prepare_cached("DELETE FROM dead_letters WHERE time < ?1 OR id <= ?2")?
+                .execute(params![before_time, beyond_bytes])
         })
     }
 }
@@ -421,6 +516,40 @@ mod tests {
         assert_eq!(bus.position("view", "t").await?, 0);
         bus.commit("view", "t", 3).await?;
         assert_eq!(bus.position("view", "t").await?, 3);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn prunes_delivered_events_beyond_a_topics_bytes_and_counts_them() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("bus.db");
+        let bus = SqliteBus::open(&path)?;
+        let big = |id: &str| Envelope {
+            payload: format!("\"{}\"", "x".repeat(998)),
+            ..event(id, "t")
+        };
+        let events: Vec<_> = (0..10).map(|i| big(&i.to_string())).collect();
+        let size = event_size(&events[0]);
+        bus.append(&events).await?;
+        bus.append(&events[..2]).await?;
+        assert_eq!(bus.topic_bytes("t").await?, 10 * size, "a repeated append counts once");
+
+        // The newest 3 events' bytes are kept; of the rest, only what every
+        // consumer is past (up to 5) goes.
+        let keep = Keep {
+            since: 0,
+            events: 0,
+            bytes: 3 * size,
+        };
+        assert_eq!(bus.prune("t", 5, keep).await?, 5);
+        assert_eq!(bus.prune("t", u64::MAX, keep).await?, 2);
+        assert_eq!(bus.topic_bytes("t").await?, 3 * size);
+        drop(bus);
+        assert_eq!(
+            SqliteBus::open(&path)?.topic_bytes("t").await?,
+            3 * size,
+            "SQL and Rust agree"
+        );
         Ok(())
     }
 }

@@ -67,6 +67,10 @@ pub struct Delivery {
     pub retention_events: u64,
     /// How often retention runs, in ms.
     pub retention_interval_ms: u64,
+    /// Dead letters older than this are deleted (0: keep).
+    pub dead_letter_hours: u64,
+    /// At most this much of dead letters is kept, in MiB: the oldest go.
+    pub dead_letter_mib: u64,
 }
 
 impl Default for Delivery {
@@ -80,6 +84,8 @@ impl Default for Delivery {
             retention_hours: 24 * 7,
             retention_events: 1_000_000,
             retention_interval_ms: 60_000,
+            dead_letter_hours: 24 * 30,
+            dead_letter_mib: 64,
         }
     }
 }
@@ -226,6 +232,11 @@ pub struct Limits {
     /// Largest the component's database may grow, in MiB (its write-ahead
     /// log aside): beyond, writes fail with "database or disk is full".
     pub database_mib: u32,
+    /// Largest the component's topic may grow in the event log, in MiB:
+    /// retention deletes its oldest delivered events beyond half of it, and
+    /// while undelivered ones fill it, new events wait in the component's
+    /// outbox.
+    pub log_mib: u32,
 }
 
 impl Default for Limits {
@@ -238,6 +249,7 @@ impl Default for Limits {
             max_instances: 256,
             cpu_percent: 100,
             database_mib: 1024,
+            log_mib: 256,
         }
     }
 }
@@ -245,6 +257,10 @@ impl Default for Limits {
 impl Limits {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    pub fn log_bytes(&self) -> u64 {
+        u64::from(self.log_mib) * 1024 * 1024
     }
 
     pub fn memory_bytes(&self) -> usize {
@@ -419,6 +435,7 @@ impl Config {
                 || limits.max_instances == 0
                 || limits.cpu_percent == 0
                 || limits.database_mib == 0
+                || limits.log_mib == 0
             {
                 return invalid(format!("limits of component `{name}` must all be greater than zero"));
             }

@@ -17,7 +17,10 @@
 //!   last event before which everything was delivered; the consumer's
 //!   inbox makes a redelivery harmless.
 //! - Retention deletes events every consumer is past, beyond the configured
-//!   age or count.
+//!   age or count or half the topic's `log_mib`, and dead letters beyond their
+//!   age or total size. A relay whose topic is full of undelivered events
+//!   leaves the rest in the outbox (which counts against the component's
+//!   `database_mib`) and wakes retention.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
@@ -28,12 +31,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::future::join_all;
 use rusqlite::params;
 use serde::Serialize;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::bindings::event_handler::Event;
-use crate::bus::{DeadLetter, Envelope, EventBus};
+use crate::bus::{DeadLetter, Envelope, EventBus, Keep, event_size};
 use crate::component::{Delivered, Loaded, Slot};
 use crate::config::{Delivery, Subscription};
 use crate::database::lacks_storage;
@@ -52,11 +56,14 @@ const SAVE_EVERY: Duration = Duration::from_millis(100);
 const RELAY_SWEEP: Duration = Duration::from_secs(1);
 
 pub fn start(runtime: &Runtime, token: &CancellationToken, tracker: &TaskTracker) {
+    // A relay whose topic is full wakes retention before its time.
+    let full = Arc::new(Notify::new());
     for loaded in runtime.registry.all() {
         let (slot, bus, token) = (loaded.slot.clone(), runtime.bus.clone(), token.clone());
         let linger = runtime.config.delivery.linger();
         let span = tracing::info_span!("relay", component = %slot.name);
-        tracker.spawn(relay(slot, bus, linger, token).instrument(span));
+        let outbox = Outbox::new(full.clone());
+        tracker.spawn(relay(slot, bus, outbox, linger, token).instrument(span));
     }
     for (name, settings) in &runtime.config.components {
         for subscription in &settings.subscribe {
@@ -81,6 +88,7 @@ pub fn start(runtime: &Runtime, token: &CancellationToken, tracker: &TaskTracker
             runtime.config.clone(),
             runtime.registry.clone(),
             runtime.bus.clone(),
+            full,
             token.clone(),
         )
         .instrument(span),
@@ -93,12 +101,19 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn relay(slot: Arc<Slot>, bus: Arc<dyn EventBus>, linger: Duration, token: CancellationToken) {
+async fn relay(
+    slot: Arc<Slot>,
+    bus: Arc<dyn EventBus>,
+    mut outbox: Outbox,
+    linger: Duration,
+    token: CancellationToken,
+) {
     let mut pause = RELAY_SWEEP;
-    let mut outbox = Outbox::default();
     let mut pace = Pace::new(linger);
     loop {
         match outbox.drain(&slot, bus.as_ref()).await {
+            // Retention makes room soon after a full topic's consumers move.
+            Ok(()) if outbox.full => pause = SAVE_EVERY,
             Ok(()) => pause = RELAY_SWEEP,
             Err(err) => {
                 tracing::error!(cause = %format!("{err:#}"), "relay failed; retrying");
@@ -155,16 +170,29 @@ impl Pace {
 }
 
 /// What a relay has moved from its component's outbox.
-#[derive(Default)]
 struct Outbox {
     /// The last outbox row appended to the log.
     relayed: i64,
     /// Rows up to here are deleted from the outbox, and when that was.
     deleted: i64,
     deleted_at: Option<Instant>,
+    /// Whether the topic was full at the last batch.
+    full: bool,
+    /// Notified when the topic is full.
+    wake_retention: Arc<Notify>,
 }
 
 impl Outbox {
+    fn new(wake_retention: Arc<Notify>) -> Outbox {
+        Outbox {
+            relayed: 0,
+            deleted: 0,
+            deleted_at: None,
+            full: false,
+            wake_retention,
+        }
+    }
+
     /// Moves every committed outbox row to the log. Relayed rows are
     /// deleted every `SAVE_EVERY` while busy and once the outbox is drained,
     /// in one statement instead of one per batch; after a crash the rows
@@ -195,15 +223,48 @@ impl Outbox {
                 })?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
             };
-            let Some(&(last, _)) = batch.last() else {
+            if batch.is_empty() {
+                return self.delete(slot, false).await;
+            }
+            // As many as the topic's quota leaves room for.
+            let mut room = slot
+                .limits
+                .log_bytes()
+                .saturating_sub(bus.topic_bytes(&slot.name).await?);
+            let fits = batch
+                .iter()
+                .take_while(|(_, event)| room.checked_sub(event_size(event)).map(|left| room = left).is_some())
+                .count();
+            self.note_full(slot, fits < batch.len());
+            let Some(last) = fits.checked_sub(1).map(|at| batch[at].0) else {
                 return self.delete(slot, false).await;
             };
-            let events: Vec<Envelope> = batch.into_iter().map(|(_, event)| event).collect();
+            let events: Vec<Envelope> = batch.into_iter().take(fits).map(|(_, event)| event).collect();
             bus.append(&events).await?;
             self.relayed = last;
             tracing::debug!(events = events.len(), "relayed");
             self.delete(slot, false).await?;
+            if self.full {
+                return Ok(());
+            }
         }
+    }
+
+    /// Says when the topic fills and when it has room again, and wakes
+    /// retention while it is full.
+    fn note_full(&mut self, slot: &Slot, full: bool) {
+        if full && !self.full {
+            tracing::warn!(
+                topic = %slot.name, log_mib = slot.limits.log_mib,
+                "the topic is full of undelivered events: new ones wait in the outbox until its consumers catch up"
+            );
+        } else if !full && self.full {
+            tracing::info!(topic = %slot.name, "the topic has room again; relaying");
+        }
+        if full {
+            self.wake_retention.notify_one();
+        }
+        self.full = full;
     }
 
     /// Rows relayed but still in the outbox.
@@ -623,33 +684,54 @@ async fn retention(
     config: Arc<crate::Config>,
     registry: Arc<Registry>,
     bus: Arc<dyn EventBus>,
+    topic_full: Arc<Notify>,
     token: CancellationToken,
 ) {
     let delivery = config.delivery;
+    let hours_ago = |hours: u64| {
+        if hours == 0 {
+            0
+        } else {
+            now_ms().saturating_sub(hours * 3_600_000)
+        }
+    };
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(delivery.retention_interval_ms)) => {}
+            _ = topic_full.notified() => {}
             _ = token.cancelled() => return,
         }
-        let before = if delivery.retention_hours == 0 {
-            0
-        } else {
-            now_ms().saturating_sub(delivery.retention_hours * 3_600_000)
-        };
+        let before = hours_ago(delivery.retention_hours);
         // Every topic in the log: one per component (its own), whether or
         // not anyone subscribes to it.
-        for topic in config.components.keys().map(String::as_str) {
+        for (topic, publisher) in &config.components {
             let mut delivered = u64::MAX;
             for (name, settings) in &config.components {
                 if settings.topics().any(|t| t == topic) {
                     delivered = delivered.min(bus.position(name, topic).await.unwrap_or(0));
                 }
             }
-            match bus.prune(topic, delivered, before, delivery.retention_events).await {
+            // Delivered events keep at most half the topic's quota, so that
+            // the other half always has room for new ones.
+            let keep = Keep {
+                since: before,
+                events: delivery.retention_events,
+                bytes: publisher.limits.log_bytes() / 2,
+            };
+            match bus.prune(topic, delivered, keep).await {
                 Ok(0) => {}
                 Ok(pruned) => tracing::info!(topic, pruned, "old events deleted from the log"),
                 Err(err) => tracing::error!(topic, cause = %format!("{err:#}"), "retention failed"),
             }
+        }
+        let dead_before = hours_ago(delivery.dead_letter_hours);
+        match bus
+            .prune_dead_letters(dead_before, delivery.dead_letter_mib * 1024 * 1024)
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => tracing::warn!(pruned, "old dead letters deleted"),
+            Err(err) => tracing::error!(cause = %format!("{err:#}"), "dead-letter retention failed"),
         }
         // Inbox rows only guard against redelivery of events still in the log.
         if before > 0 {

@@ -437,3 +437,77 @@ async fn sigterm_does_not_wait_for_idle_or_stalled_clients() -> anyhow::Result<(
     assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
     Ok(())
 }
+
+/// Bytes of the event log on disk (its write-ahead log included).
+fn log_on_disk(data: &Path) -> u64 {
+    ["bus.db", "bus.db-wal"]
+        .iter()
+        .filter_map(|file| std::fs::metadata(data.join(file)).ok())
+        .map(|meta| meta.len())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_component_cannot_grow_the_event_log_or_the_dead_letters_beyond_their_bounds() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // The sink hears the hostile component's big events and fails each
+    // (they are not the probe's), so each goes to the dead letters after a
+    // few quick attempts.
+    let sink = format!(
+        "[components.sink]\npath = {:?}\nroutes = [\"/sink\"]\nsubscribe = [\"hostile\"]\n\n\
+         [delivery]\nmax_attempts = 2\nbackoff_ms = 10\nmax_backoff_ms = 20\n\
+         retention_interval_ms = 200\ndead_letter_mib = 1\n",
+        wasm("probe")
+    );
+    let host = start(dir.path(), "log_mib = 1", &sink)?;
+
+    // 30 events of 200 KiB (6 MiB), two at a time; while the topic is full
+    // they wait in the outbox, which fills the component's own 1 MiB
+    // database: then it is told so, and tries again.
+    let mut published = 0;
+    let started = Instant::now();
+    while published < 30 {
+        let (status, body) = host.get("/hostile/publish/2").await?;
+        if status == 200 && result(&body) == "Ok(())" {
+            published += 2;
+        } else {
+            assert_eq!(status, 507, "{body}");
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(60),
+                "stuck at {published}: {body}\n{}",
+                host.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eventually(
+        "every event to reach the dead letters",
+        Duration::from_secs(30),
+        || async {
+            let (_, subscriptions) = host.admin(Method::GET, "/admin/subscriptions").await?;
+            let sink = subscriptions
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["consumer"] == "sink")
+                .cloned()
+                .unwrap_or_default();
+            Ok((sink["deadLettered"] == 30).then_some(()))
+        },
+    )
+    .await?;
+    // Retention keeps the newest 1 MiB of dead letters (4 of 200 KiB)...
+    let letters = eventually("dead letters to be pruned", Duration::from_secs(10), || async {
+        let (_, letters) = host.admin(Method::GET, "/admin/dead-letters").await?;
+        let count = letters.as_array().map_or(0, Vec::len);
+        Ok((count <= 5).then_some(count))
+    })
+    .await?;
+    assert!(letters >= 1, "the newest dead letters stay");
+    // ...and the log on disk stays near its bounds (1 MiB of the topic, 1
+    // MiB of dead letters, the pages freed in between and the write-ahead
+    // log), where unbounded it took the 6 MiB of events twice over.
+    let on_disk = log_on_disk(&dir.path().join("data"));
+    assert!(on_disk < 6 * 1024 * 1024, "the log takes {on_disk} bytes on disk");
+    Ok(())
+}
