@@ -9,7 +9,7 @@ use anyhow::{Context as _, anyhow};
 use tokio::sync::{Notify, Semaphore, watch};
 use tracing::Instrument as _;
 use wasmtime::component::{Component, Instance, InstancePre};
-use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -18,6 +18,7 @@ use crate::config::Limits;
 use crate::database::{Database, StorageFull, Transaction};
 use crate::engine::EPOCH_TICK;
 use crate::invocation::Invocation;
+use crate::memory::{Budget, Limiter};
 
 /// The least time `init` gets, whatever the component's `timeout_ms`: it
 /// migrates the component's tables, which on a large database can take
@@ -53,10 +54,20 @@ pub struct Slot {
     pub resets: watch::Sender<u64>,
     /// One permit per instance allowed to run at once (`max_instances`).
     pub instances: Semaphore,
+    /// What its instances hold in linear memory (`memory_budget_mib`)...
+    pub memory: Arc<Budget>,
+    /// ...and what all of the host's do (`[server] memory_budget_mib`).
+    pub host_memory: Arc<Budget>,
 }
 
 impl Slot {
-    pub fn new(name: &str, db: Database, config: WasiConfigVariables, limits: Limits) -> Slot {
+    pub fn new(
+        name: &str,
+        db: Database,
+        config: WasiConfigVariables,
+        limits: Limits,
+        host_memory: Arc<Budget>,
+    ) -> Slot {
         Slot {
             name: name.into(),
             db: Arc::new(db),
@@ -66,6 +77,8 @@ impl Slot {
             delivery: tokio::sync::Mutex::new(()),
             resets: watch::Sender::new(0),
             instances: Semaphore::new(limits.max_instances as usize),
+            memory: Arc::new(Budget::new(limits.memory_budget_bytes())),
+            host_memory,
         }
     }
 }
@@ -125,10 +138,11 @@ impl Loaded {
     /// traps with [`DeadlineExceeded`] once the deadline has passed.
     pub fn store(&self) -> Store<Invocation> {
         let slot = &self.slot;
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(slot.limits.memory_bytes())
-            .trap_on_grow_failure(false)
-            .build();
+        let limits = Limiter::new(
+            slot.limits.memory_bytes(),
+            slot.memory.clone(),
+            slot.host_memory.clone(),
+        );
         let invocation = Invocation::new(
             slot.name.clone(),
             Transaction::new(slot.db.clone()),

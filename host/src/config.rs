@@ -131,6 +131,10 @@ pub struct Server {
     pub max_connections: usize,
     /// At shutdown, how long requests in flight get to finish.
     pub drain_ms: u64,
+    /// What all instances of all components may hold in linear memory at
+    /// once, in MiB (default: the sum of the components' budgets, at most
+    /// half the machine's memory).
+    pub memory_budget_mib: Option<u64>,
 }
 
 impl Default for Server {
@@ -143,6 +147,7 @@ impl Default for Server {
             header_timeout_ms: 10_000,
             max_connections: 1024,
             drain_ms: 10_000,
+            memory_budget_mib: None,
         }
     }
 }
@@ -216,6 +221,9 @@ impl Subscription {
 pub struct Limits {
     /// Largest linear memory an instance may grow to, in MiB.
     pub memory_mib: u32,
+    /// What all its instances may hold at once, in MiB (default: 16 ×
+    /// `memory_mib`); beyond, an HTTP request gets 503 and an event waits.
+    pub memory_budget_mib: Option<u32>,
     /// Deadline of one invocation (HTTP request, call or event), in ms.
     pub timeout_ms: u64,
     /// Largest request body accepted, in bytes (413 above it).
@@ -243,6 +251,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory_mib: 64,
+            memory_budget_mib: None,
             timeout_ms: 10_000,
             max_request_bytes: 1024 * 1024,
             max_response_bytes: 8 * 1024 * 1024,
@@ -261,6 +270,10 @@ impl Limits {
 
     pub fn log_bytes(&self) -> u64 {
         u64::from(self.log_mib) * 1024 * 1024
+    }
+
+    pub fn memory_budget_bytes(&self) -> usize {
+        self.memory_budget_mib.unwrap_or(16 * self.memory_mib) as usize * 1024 * 1024
     }
 
     pub fn memory_bytes(&self) -> usize {
@@ -438,6 +451,14 @@ impl Config {
                 || limits.log_mib == 0
             {
                 return invalid(format!("limits of component `{name}` must all be greater than zero"));
+            }
+            if limits
+                .memory_budget_mib
+                .is_some_and(|budget| budget < limits.memory_mib)
+            {
+                return invalid(format!(
+                    "component `{name}`: memory_budget_mib must be at least memory_mib (one instance)"
+                ));
             }
         }
         for link in &self.links {

@@ -41,6 +41,7 @@ use crate::bus::{DeadLetter, Envelope, EventBus, Keep, event_size};
 use crate::component::{Delivered, Loaded, Slot};
 use crate::config::{Delivery, Subscription};
 use crate::database::lacks_storage;
+use crate::memory::OverBudget;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::telemetry;
@@ -564,20 +565,21 @@ impl Dispatcher {
                 Some(failure) => Err(failure),
                 None => deliver_once(&loaded, envelope).instrument(span.clone()).await,
             };
-            let (error, storage) = match outcome {
+            let (error, host_full) = match outcome {
                 Ok(()) => {
                     telemetry::record_deliveries(&self.consumer, &self.topic, "applied", 1);
                     self.stats.update(&self.consumer, &self.topic, |s| s.delivered += 1);
                     return Outcome::Done;
                 }
-                Err(err) => (format!("{err:#}"), lacks_storage(&err)),
+                Err(err) => (format!("{err:#}"), lacks_storage(&err) || OverBudget::caused(&err)),
             };
-            // A full disk is not the event's fault: it waits for space, at
-            // the longest backoff, without using up its attempts.
-            let last = !storage && attempt >= self.settings.max_attempts;
+            // A full disk or a spent memory budget is not the event's fault:
+            // it waits for room, at the longest backoff, without using up
+            // its attempts.
+            let last = !host_full && attempt >= self.settings.max_attempts;
             span.in_scope(|| {
-                if storage {
-                    tracing::warn!(event = %envelope.id, cause = %error, "delivery waits for storage");
+                if host_full {
+                    tracing::warn!(event = %envelope.id, cause = %error, "delivery waits for room (storage or memory)");
                 } else if last {
                     tracing::warn!(event = %envelope.id, attempt, cause = %error, "delivery failed");
                 } else if attempt == 1 {
@@ -594,12 +596,12 @@ impl Dispatcher {
             if last {
                 return self.dead_letter(at, envelope, attempt, error).await;
             }
-            let pause = if storage { max } else { backoff };
+            let pause = if host_full { max } else { backoff };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = self.token.cancelled() => return Outcome::Interrupted,
             }
-            if !storage {
+            if !host_full {
                 backoff = (backoff * 2).min(max);
                 attempt += 1;
             }

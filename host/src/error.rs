@@ -24,6 +24,8 @@ pub enum ApiError {
     FaultInjected(String),
     #[error("component `{0}` did not answer within its deadline")]
     Deadline(String),
+    #[error("component `{0}` is at its memory budget; retry shortly")]
+    OverBudget(String),
     #[error("component `{0}` is out of storage (its database or the disk is full); retry later")]
     InsufficientStorage(String),
     #[error("component `{component}` failed")]
@@ -38,7 +40,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid-request"),
             ApiError::SlowBody { .. } => (StatusCode::REQUEST_TIMEOUT, "request-timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::Busy(_) | ApiError::OverBudget(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::FaultInjected(_) => (StatusCode::SERVICE_UNAVAILABLE, "fault-injected"),
             ApiError::Deadline(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded"),
             ApiError::InsufficientStorage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage"),

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
@@ -16,12 +15,13 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::component::InFlight;
 use crate::database::Transaction;
+use crate::memory::Limiter;
 
 pub struct Invocation {
     /// Name of the component, the `source` of the events it publishes.
     pub component: Arc<str>,
     pub txn: Transaction,
-    pub limits: StoreLimits,
+    pub limits: Limiter,
     /// The request this invocation serves, directly or through calls and
     /// events; stamped on the events it publishes.
     pub request_id: Option<String>,
@@ -47,7 +47,7 @@ impl Invocation {
     pub fn new(
         component: Arc<str>,
         txn: Transaction,
-        limits: StoreLimits,
+        limits: Limiter,
         config: Arc<WasiConfigVariables>,
         in_flight: InFlight,
     ) -> Invocation {

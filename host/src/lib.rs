@@ -17,6 +17,7 @@ mod error;
 mod faults;
 mod invocation;
 mod links;
+mod memory;
 mod outbox;
 mod policy;
 pub mod registry;

@@ -20,6 +20,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use crate::component::{DeadlineExceeded, Loaded};
 use crate::database::lacks_storage;
 use crate::error::ApiError;
+use crate::memory::OverBudget;
 use crate::runtime::Runtime;
 use crate::telemetry;
 
@@ -231,6 +232,9 @@ async fn invoke(loaded: &Loaded, request: hyper::Request<Full<Bytes>>, request_i
     let failed = |cause: anyhow::Error| {
         if DeadlineExceeded::caused(&cause) {
             ApiError::Deadline(name.clone())
+        } else if OverBudget::caused(&cause) {
+            tracing::warn!(component = %name, cause = %format!("{cause:#}"), "over its memory budget");
+            ApiError::OverBudget(name.clone())
         } else if lacks_storage(&cause) {
             tracing::warn!(component = %name, cause = %format!("{cause:#}"), "out of storage");
             ApiError::InsufficientStorage(name.clone())

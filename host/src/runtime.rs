@@ -29,6 +29,7 @@ use crate::engine::{self, EpochTicker};
 use crate::faults::Faults;
 use crate::invocation::Invocation;
 use crate::links;
+use crate::memory::Budget;
 use crate::policy::Policy;
 use crate::registry::{Registry, Status};
 
@@ -40,6 +41,8 @@ pub struct Runtime {
     pub faults: Arc<Faults>,
     /// The call policy of every link, with its circuit.
     pub policies: Vec<Arc<Policy>>,
+    /// What all instances may hold in linear memory at once.
+    memory: Arc<Budget>,
     engine: Engine,
     /// One deployment at a time: a swap must not race another.
     deploying: tokio::sync::Mutex<()>,
@@ -86,7 +89,13 @@ impl Runtime {
         // version being deployed and a reset, beside them.
         let instances = config.components.values().map(|c| c.limits.max_instances + 2).sum();
         let engine = engine::build(max_memory, instances, &config.cache_dir())?;
+        let memory = host_memory_budget(&config);
+        tracing::info!(
+            memory_budget_mib = memory / (1024 * 1024),
+            "memory budget of all instances"
+        );
         let runtime = Runtime {
+            memory: Arc::new(Budget::new(memory)),
             bus: Arc::new(SqliteBus::open(&data_dir.join("bus.db"))?),
             registry: Arc::default(),
             stats: Arc::default(),
@@ -159,7 +168,7 @@ impl Runtime {
         let config = wasi_config(settings);
         let db = Database::open(&db_path)?;
         db.limit_size(u64::from(settings.limits.database_mib) * 1024 * 1024)?;
-        let slot = Arc::new(Slot::new(name, db, config, settings.limits));
+        let slot = Arc::new(Slot::new(name, db, config, settings.limits, self.memory.clone()));
         let loaded = self.prepare(slot, wasm.into()).await?;
         // Nothing serves yet: `init` migrates the database in place.
         loaded.init(INIT_DEADLINE).await?;
@@ -235,6 +244,7 @@ impl Runtime {
                 copy,
                 wasi_config(&self.config.components[name]),
                 loaded.slot.limits,
+                self.memory.clone(),
             ));
             let started = Instant::now();
             loaded.on(slot).init(INIT_DEADLINE).await?;
@@ -501,4 +511,17 @@ fn remove_if_present(path: &Path) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// `[server] memory_budget_mib`, or the components' budgets together, at
+/// most half the machine's memory.
+fn host_memory_budget(config: &Config) -> usize {
+    const MIB: usize = 1024 * 1024;
+    if let Some(mib) = config.server.memory_budget_mib {
+        return usize::try_from(mib).unwrap_or(usize::MAX / MIB) * MIB;
+    }
+    let components: usize = config.components.values().map(|c| c.limits.memory_budget_bytes()).sum();
+    let info = rustix::system::sysinfo();
+    let machine = (info.totalram as usize).saturating_mul(info.mem_unit.max(1) as usize);
+    components.min(machine / 2).max(MIB)
 }

@@ -511,3 +511,52 @@ async fn a_component_cannot_grow_the_event_log_or_the_dead_letters_beyond_their_
     assert!(on_disk < 6 * 1024 * 1024, "the log takes {on_disk} bytes on disk");
     Ok(())
 }
+
+/// Fires `count` concurrent requests that each hold 10 MiB for a second;
+/// returns how many were served and the answers of those refused.
+async fn hold_concurrently(host: &Host, count: usize) -> anyhow::Result<(usize, Vec<(u16, Value)>)> {
+    let answers = join_all((0..count).map(|_| host.get("/hostile/hold/10/1000"))).await;
+    let mut served = 0;
+    let mut refused = Vec::new();
+    for answer in answers {
+        let (status, body) = answer?;
+        if status == 200 {
+            served += 1;
+        } else {
+            refused.push((status, body));
+        }
+    }
+    Ok((served, refused))
+}
+
+#[tokio::test]
+async fn memory_is_budgeted_per_component_and_for_the_whole_host() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Instances of up to 16 MiB, 48 MiB for all of the component's.
+    let host = start(dir.path(), "memory_mib = 16\nmemory_budget_mib = 48", "")?;
+    let (served, refused) = hold_concurrently(&host, 12).await?;
+    assert!((1..=4).contains(&served), "{served} served: {refused:?}");
+    for (status, body) in &refused {
+        assert_eq!((*status, body["error"].as_str()), (503, Some("busy")), "{body}");
+        assert!(
+            body["message"].as_str().unwrap_or_default().contains("memory budget"),
+            "{body}"
+        );
+    }
+    // The budget comes back with the instances, and the neighbour served
+    // throughout.
+    let (served, refused) = hold_concurrently(&host, 2).await?;
+    assert_eq!(served, 2, "{refused:?}");
+    let (status, _) = host.get("/probe/seen").await?;
+    assert_eq!(status, 200);
+    drop(host);
+
+    // The host's budget bounds every component together.
+    let dir = tempfile::tempdir()?;
+    let host = start(dir.path(), "memory_mib = 16", "[server]\nmemory_budget_mib = 40\n")?;
+    assert!(host.log().contains("memory_budget_mib=40"), "{}", host.log());
+    let (served, refused) = hold_concurrently(&host, 12).await?;
+    assert!((1..=3).contains(&served), "{served} served: {refused:?}");
+    assert!(refused.iter().all(|(status, _)| *status == 503), "{refused:?}");
+    Ok(())
+}
