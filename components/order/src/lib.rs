@@ -315,12 +315,12 @@ fn place(request: &Request, _: &Params) -> Result<Response, Error> {
     db::commit()?;
 
     let placed = pay_and_record(&new, customer, claim.as_ref());
-    // A placement that failed gives its key up at once, so that a retry
-    // can go ahead. Committed here: the 5xx answer rolls back the rest.
-    // (It wrote nothing: a failed payment, or an insert that did not
-    // happen. After an internal error the claim is left to expire.)
+    // A placement that failed (payment refused or unreachable, or too
+    // late) gives its key up at once, so that a retry can go ahead.
+    // Committed here: a 5xx answer rolls back the rest. It wrote nothing
+    // else. After an internal error the claim is left to expire.
     if let (Some(claim), Ok(response)) = (&claim, &placed)
-        && response.status >= 500
+        && response.status != 201
     {
         claim.release()?;
         db::commit()?;
