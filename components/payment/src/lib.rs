@@ -4,13 +4,14 @@
 //! the payment of an order; every change is published on the `payment` topic
 //! with the order id as key. The payment is refunded when rentcar rejects
 //! the reservation, or when order reports that the order was never created
-//! (the host died between the two commits). HTTP: `GET /payments`, `GET /payments?orderId=..`,
+//! (the host died between the two commits). HTTP: `GET /payments` and
+//! `GET /payments?orderId=..` (paginated: `?limit=`, `?after=`),
 //! `GET /payments/{id}`.
 
 #![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
 use rentcar_sdk::db::{self, Row};
-use rentcar_sdk::{Request, Response, publish};
+use rentcar_sdk::{Error, Id, Page, Params, Request, Response, Router, publish};
 use serde::{Deserialize, Serialize};
 
 wit_bindgen::generate!({
@@ -56,6 +57,14 @@ impl payments::Guest for Component {
     fn approve(car_id: u64, qty: u32, customer: String) -> Result<Payment, CallError> {
         if qty == 0 {
             return Err(CallError::Invalid("qty must be at least 1".into()));
+        }
+        // Stored as SQLite's signed integer: beyond, it would read back as
+        // another (negative) id.
+        if Id::new(i64::try_from(car_id).unwrap_or(0)).is_none() {
+            return Err(CallError::Invalid(format!(
+                "carId must be {}",
+                rentcar_sdk::id::EXPECTED
+            )));
         }
         // The order takes the payment's id. It is the id AUTOINCREMENT would
         // pick (one past the table's sequence; the invocation holds the
@@ -205,42 +214,46 @@ fn announce(event_type: &str, payment: &Payment) -> Result<(), CallError> {
 
 impl wasip2::exports::http::incoming_handler::Guest for Component {
     fn handle(request: wasip2::http::types::IncomingRequest, out: wasip2::http::types::ResponseOutparam) {
-        rentcar_sdk::serve(request, out, route);
+        rentcar_sdk::serve(request, out, |request| {
+            Router::new()
+                .get("/payments", list)
+                .get("/payments/:id", get)
+                .handle(&request)
+        });
     }
 }
 
-fn route(request: Request) -> Response {
-    match (request.method.as_str(), request.segments().as_slice()) {
-        ("GET", ["payments"]) => list(&request),
-        ("GET", ["payments", id]) => match id.parse::<u64>() {
-            Ok(id) => match find(id) {
-                Ok(Some(payment)) => Response::json(200, &PaymentJson::from(&payment)),
-                Ok(None) => Response::not_found(&format!("no payment {id}")),
-                Err(err) => Response::internal(&format!("{err:?}")),
-            },
-            Err(_) => Response::bad_request("payment id must be a positive integer"),
-        },
-        (_, ["payments", ..]) => Response::method_not_allowed(),
-        _ => Response::not_found("no such route"),
-    }
+fn get(_: &Request, params: &Params) -> Result<Response, Error> {
+    let id = params.id("id");
+    let row = db::query_row(&format!("{SELECT} WHERE id = ?"), &[id.into()])?;
+    Ok(match row.map(from_row) {
+        Some(payment) => Response::json(200, &PaymentJson::from(&payment)),
+        None => Response::not_found(&format!("no payment {id}")),
+    })
 }
 
-fn list(request: &Request) -> Response {
+/// `GET /payments`, or only an order's with `?orderId=`, a page at a time.
+fn list(request: &Request, _: &Params) -> Result<Response, Error> {
+    let page = Page::from_request(request)?;
+    let [after, limit] = page.params();
     let rows = match request.query_param("orderId") {
-        Some(order_id) => match order_id.parse::<u64>() {
-            Ok(order_id) => db::query(&format!("{SELECT} WHERE order_id = ? ORDER BY id"), &[order_id.into()]),
-            Err(_) => return Response::bad_request("orderId must be a positive integer"),
-        },
-        None => db::query(&format!("{SELECT} ORDER BY id"), &[]),
-    };
-    match rows {
-        Ok(rows) => {
-            let payments: Vec<Payment> = rows.into_iter().map(from_row).collect();
-            let json: Vec<PaymentJson> = payments.iter().map(PaymentJson::from).collect();
-            Response::json(200, &json)
+        Some(order_id) => {
+            let Some(order_id) = Id::parse(order_id) else {
+                return Ok(Response::bad_request(&format!(
+                    "orderId must be {}, not `{order_id}`",
+                    rentcar_sdk::id::EXPECTED
+                )));
+            };
+            db::query(
+                &format!("{SELECT} WHERE order_id = ? AND id > ? ORDER BY id LIMIT ?"),
+                &[order_id.into(), after, limit],
+            )?
         }
-        Err(err) => Response::internal(&err.to_string()),
-    }
+        None => db::query(&format!("{SELECT} WHERE id > ? ORDER BY id LIMIT ?"), &[after, limit])?,
+    };
+    let payments: Vec<Payment> = rows.into_iter().map(from_row).collect();
+    let json: Vec<PaymentJson> = payments.iter().map(PaymentJson::from).collect();
+    Ok(page.answer(json, |payment| payment.id.cast_signed()))
 }
 
 export!(Component);

@@ -11,7 +11,7 @@
 #![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
 use rentcar_sdk::db::{self, Row};
-use rentcar_sdk::{Request, Response, config, publish};
+use rentcar_sdk::{Error, Page, Params, Request, Response, Router, config, publish};
 use serde::{Deserialize, Serialize};
 
 wit_bindgen::generate!({
@@ -30,6 +30,7 @@ use exports::rentcar::host::lifecycle;
 const TOPIC: &str = "rentcar";
 /// Bounds a registration can ask for; beyond them it is surely a typo.
 const MAX_STOCK: u32 = 1_000_000;
+const MAX_NAME_CHARS: usize = 200;
 
 struct Component;
 
@@ -82,7 +83,7 @@ fn from_row(row: Row) -> Car {
     }
 }
 
-fn find(car_id: u64) -> Result<Option<Car>, db::Error> {
+fn find(car_id: impl Into<db::Value>) -> Result<Option<Car>, db::Error> {
     Ok(db::query_row(&format!("{SELECT} WHERE id = ?"), &[car_id.into()])?.map(from_row))
 }
 
@@ -204,27 +205,29 @@ fn announce(
 
 impl wasip2::exports::http::incoming_handler::Guest for Component {
     fn handle(request: wasip2::http::types::IncomingRequest, out: wasip2::http::types::ResponseOutparam) {
-        rentcar_sdk::serve(request, out, route);
+        rentcar_sdk::serve(request, out, |request| {
+            Router::new()
+                .post("/cars", register)
+                .get("/cars", list)
+                .get("/cars/:id", get)
+                .get("/fleet", fleet)
+                .handle(&request)
+        });
     }
 }
 
-fn route(request: Request) -> Response {
-    let result = match (request.method.as_str(), request.segments().as_slice()) {
-        ("POST", ["cars"]) => register(&request),
-        ("GET", ["cars"]) => db::query(&format!("{SELECT} ORDER BY id"), &[])
-            .map(|rows| Response::json(200, &rows.into_iter().map(from_row).collect::<Vec<_>>())),
-        ("GET", ["cars", id]) => match id.parse::<u64>() {
-            Ok(id) => find(id).map(|car| match car {
-                Some(car) => Response::json(200, &car),
-                None => Response::not_found(&format!("no car {id}")),
-            }),
-            Err(_) => Ok(Response::bad_request("car id must be a positive integer")),
-        },
-        ("GET", ["fleet"]) => fleet(),
-        (_, ["cars", ..] | ["fleet"]) => Ok(Response::method_not_allowed()),
-        _ => Ok(Response::not_found("no such route")),
-    };
-    result.unwrap_or_else(|err| Response::internal(&err.to_string()))
+fn list(request: &Request, _: &Params) -> Result<Response, Error> {
+    let page = Page::from_request(request)?;
+    let rows = db::query(&format!("{SELECT} WHERE id > ? ORDER BY id LIMIT ?"), &page.params())?;
+    Ok(page.answer(rows.into_iter().map(from_row).collect(), |car| car.id))
+}
+
+fn get(_: &Request, params: &Params) -> Result<Response, Error> {
+    let id = params.id("id");
+    Ok(match find(id)? {
+        Some(car) => Response::json(200, &car),
+        None => Response::not_found(&format!("no car {id}")),
+    })
 }
 
 #[derive(Deserialize)]
@@ -234,14 +237,13 @@ struct NewCar {
     stock: u32,
 }
 
-fn register(request: &Request) -> Result<Response, db::Error> {
-    let new: NewCar = match request.json() {
-        Ok(new) => new,
-        Err(response) => return Ok(response),
-    };
+fn register(request: &Request, _: &Params) -> Result<Response, Error> {
+    let new: NewCar = request.json()?;
     let name = new.name.trim();
-    if name.is_empty() || name.len() > 200 {
-        return Ok(Response::bad_request("name must be 1 to 200 characters"));
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Ok(Response::bad_request(&format!(
+            "name must be 1 to {MAX_NAME_CHARS} characters"
+        )));
     }
     if new.stock > MAX_STOCK {
         return Ok(Response::bad_request(&format!("stock must be at most {MAX_STOCK}")));
@@ -258,12 +260,12 @@ fn register(request: &Request) -> Result<Response, db::Error> {
         version: 1,
     };
     let key = format!("car-{}", car.id);
-    publish(TOPIC, &key, "CarRegistered", &serde_json::json!({ "car": &car })).map_err(db::Error::Other)?;
+    publish(TOPIC, &key, "CarRegistered", &serde_json::json!({ "car": &car })).map_err(Error::Internal)?;
     Ok(Response::json(201, &car))
 }
 
 /// Where this fleet is, from the host's configuration (`wasi:config`).
-fn fleet() -> Result<Response, db::Error> {
+fn fleet(_: &Request, _: &Params) -> Result<Response, Error> {
     let setting = |key: &str| config::get(key).ok().flatten();
     let cars = db::query_row("SELECT COUNT(*), COALESCE(SUM(stock), 0) FROM cars", &[])?;
     let (models, stock) = cars.map_or((0, 0), |row| (row.int(0), row.int(1)));

@@ -31,12 +31,22 @@ impl Request {
             .map(|(_, value)| value)
     }
 
-    /// The first header with this name, as text.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+    /// The header `name` as text, `None` when absent. A header the API
+    /// defines but cannot read is the client's mistake, never "absent": a
+    /// value that is not UTF-8, or the header given twice, is 400.
+    pub fn header(&self, name: &str) -> Result<Option<&str>, Response> {
+        let mut values = self.headers.iter().filter(|(key, _)| key.eq_ignore_ascii_case(name));
+        let Some((_, value)) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(Response::bad_request(&format!(
+                "the {name} header may be given only once"
+            )));
+        }
+        std::str::from_utf8(value)
+            .map(Some)
+            .map_err(|_| Response::bad_request(&format!("the {name} header is not valid UTF-8")))
     }
 
     /// Parses the body as JSON, or answers 400 with what is wrong with it.

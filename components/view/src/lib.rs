@@ -8,7 +8,7 @@
 #![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
 use rentcar_sdk::db::{self, Row};
-use rentcar_sdk::{Request, Response};
+use rentcar_sdk::{Error, Page, Params, Request, Response, Router};
 use serde::{Deserialize, Serialize};
 
 wit_bindgen::generate!({
@@ -109,25 +109,32 @@ const SELECT: &str = "SELECT car_id, name, stock, available FROM availability";
 
 impl wasip2::exports::http::incoming_handler::Guest for Component {
     fn handle(request: wasip2::http::types::IncomingRequest, out: wasip2::http::types::ResponseOutparam) {
-        rentcar_sdk::serve(request, out, route);
+        rentcar_sdk::serve(request, out, |request| {
+            Router::new()
+                .get("/availability", list)
+                .get("/availability/:id", get)
+                .handle(&request)
+        });
     }
 }
 
-fn route(request: Request) -> Response {
-    let result = match (request.method.as_str(), request.segments().as_slice()) {
-        ("GET", ["availability"]) => db::query(&format!("{SELECT} ORDER BY car_id"), &[])
-            .map(|rows| Response::json(200, &rows.into_iter().map(from_row).collect::<Vec<_>>())),
-        ("GET", ["availability", id]) => match id.parse::<u64>() {
-            Ok(id) => db::query_row(&format!("{SELECT} WHERE car_id = ?"), &[id.into()]).map(|row| match row {
-                Some(row) => Response::json(200, &from_row(row)),
-                None => Response::not_found(&format!("no car {id} in the availability view")),
-            }),
-            Err(_) => Ok(Response::bad_request("car id must be a positive integer")),
-        },
-        (_, ["availability", ..]) => Ok(Response::method_not_allowed()),
-        _ => Ok(Response::not_found("no such route")),
-    };
-    result.unwrap_or_else(|err| Response::internal(&err.to_string()))
+/// The view a page at a time, in car id order (`?after=` is a car id).
+fn list(request: &Request, _: &Params) -> Result<Response, Error> {
+    let page = Page::from_request(request)?;
+    let rows = db::query(
+        &format!("{SELECT} WHERE car_id > ? ORDER BY car_id LIMIT ?"),
+        &page.params(),
+    )?;
+    Ok(page.answer(rows.into_iter().map(from_row).collect(), |car| car.car_id))
+}
+
+fn get(_: &Request, params: &Params) -> Result<Response, Error> {
+    let id = params.id("id");
+    let row = db::query_row(&format!("{SELECT} WHERE car_id = ?"), &[id.into()])?;
+    Ok(match row {
+        Some(row) => Response::json(200, &from_row(row)),
+        None => Response::not_found(&format!("no car {id} in the availability view")),
+    })
 }
 
 export!(Component);

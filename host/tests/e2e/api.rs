@@ -71,8 +71,7 @@ async fn bad_input_gets_4xx_json_errors() -> anyhow::Result<()> {
         let (status, response) = host.post("/cars", body).await?;
         assert_error(status, &response, 400, what);
     }
-    let (_, orders) = host.get("/orders").await?;
-    assert_eq!(orders, json!([]), "no bad request created an order");
+    assert!(host.all("/orders").await?.is_empty(), "no bad request created an order");
 
     for path in [
         "/cars/999",

@@ -43,13 +43,8 @@ async fn parallel_orders_never_overbook() -> anyhow::Result<()> {
         || books_balance(&host),
     )
     .await?;
-    let (_, settled) = host.get("/orders").await?;
-    let statuses: Vec<&str> = settled
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["status"].as_str().unwrap())
-        .collect();
+    let settled = host.all("/orders").await?;
+    let statuses: Vec<&str> = settled.iter().map(|o| o["status"].as_str().unwrap()).collect();
     assert!(
         statuses.contains(&"RESERVED") && statuses.contains(&"REJECTED"),
         "{summary}"

@@ -126,13 +126,13 @@ async fn resetting_the_view_rebuilds_it_from_the_log() -> anyhow::Result<()> {
     host.post(&format!("/orders/{}/cancel", first["id"]), json!({})).await?;
     wait_for(&host, &format!("/availability/{}", cars[0]), "available", json!(3)).await?;
     let before = wait_for(&host, &format!("/availability/{}", cars[1]), "available", json!(1)).await?;
-    let (_, everything) = host.get("/availability").await?;
+    let everything = host.all("/availability").await?;
     assert_eq!(everything[1], before);
 
     let (status, body) = host.admin(Method::POST, "/admin/subscriptions/view/reset").await?;
     assert_eq!(status, 202, "{body}");
     eventually("the view to be rebuilt", Duration::from_secs(20), || async {
-        let (_, now) = host.get("/availability").await?;
+        let now = host.all("/availability").await?;
         Ok((now == everything).then_some(()))
     })
     .await?;

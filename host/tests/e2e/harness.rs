@@ -221,6 +221,30 @@ impl Host {
         Ok((status, body))
     }
 
+    /// Every item of a paginated list (`{"items":[...],"next":id|null}`),
+    /// following `next` page by page. `path` may carry a query already.
+    pub async fn all(&self, path: &str) -> anyhow::Result<Vec<Value>> {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let mut items = Vec::new();
+        let mut next = Value::Null;
+        loop {
+            let page_path = match next.as_u64() {
+                Some(after) => format!("{path}{separator}after={after}"),
+                None => path.to_string(),
+            };
+            let (status, page) = self.get(&page_path).await?;
+            anyhow::ensure!(status == 200, "GET {page_path} answered {status}: {page}");
+            let page_items = page["items"]
+                .as_array()
+                .with_context(|| format!("GET {page_path} is not a page: {page}"))?;
+            items.extend(page_items.iter().cloned());
+            next = page["next"].clone();
+            if next.is_null() {
+                return Ok(items);
+            }
+        }
+    }
+
     /// Registers a car and returns its id.
     pub async fn car(&self, name: &str, stock: u32) -> anyhow::Result<u64> {
         let (status, car) = self
@@ -290,13 +314,17 @@ pub async fn wait_for(host: &Host, path: &str, field: &str, expected: Value) -> 
 /// `stock = available + reserved by active orders`; the view equals rentcar.
 pub async fn books_balance(host: &Host) -> anyhow::Result<Option<String>> {
     use std::collections::HashMap;
-    let (_, orders) = host.get("/orders").await?;
-    let (_, payments) = host.get("/payments").await?;
-    let (_, cars) = host.get("/cars").await?;
-    let (_, view) = host.get("/availability").await?;
-    let (Some(orders), Some(payments), Some(cars)) = (orders.as_array(), payments.as_array(), cars.as_array()) else {
+    // A list that cannot be read right now (a context restarting) is not
+    // settled yet.
+    let (Ok(orders), Ok(payments), Ok(cars), Ok(view)) = (
+        host.all("/orders?limit=1000").await,
+        host.all("/payments?limit=1000").await,
+        host.all("/cars?limit=1000").await,
+        host.all("/availability?limit=1000").await,
+    ) else {
         return Ok(None);
     };
+    let (orders, payments, cars) = (&orders, &payments, &cars);
     for car in cars {
         anyhow::ensure!(car["available"].as_i64() >= Some(0), "car over-booked: {car}");
     }
@@ -350,7 +378,7 @@ pub async fn books_balance(host: &Host) -> anyhow::Result<Option<String>> {
         .iter()
         .map(|car| json!({ "carId": car["id"], "name": car["name"], "stock": car["stock"], "available": car["available"] }))
         .collect();
-    if view != json!(rentcar_as_view) {
+    if view != rentcar_as_view {
         return Ok(None);
     }
     let count = |status: &str| orders.iter().filter(|o| o["status"] == status).count();
