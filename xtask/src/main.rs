@@ -52,7 +52,8 @@ fn main() -> anyhow::Result<()> {
         }
         "test" => {
             build()?;
-            // The default members: the host and xtask, not the guests.
+            // The default members: the host, xtask and the SDK (its unit
+            // tests run natively), not the guests.
             run(cargo().args(["test", "--release"]).args(rest))
         }
         _ => {
