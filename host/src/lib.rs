@@ -5,28 +5,19 @@
 //! component of a [`config::Config`], then [`serve`] it on a listener. The
 //! binary (`main.rs`) and the end-to-end tests do exactly that.
 
-mod admin;
+// The layers, each importing only those below it (checked by
+// `tests/layers.rs`); ARCHITECTURE.md has the map.
 mod bindings;
-pub mod bus;
-pub mod component;
+mod calls;
+mod capabilities;
+mod clock;
 pub mod config;
-mod database;
-mod delivery;
-mod engine;
-mod error;
-mod faults;
-mod invocation;
-mod links;
-mod memory;
-mod outbox;
-mod policy;
-pub mod registry;
-mod router;
+mod events;
+mod http;
+mod instance;
 pub mod runtime;
-mod server;
-mod sql;
+mod store;
 mod telemetry;
-mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,14 +42,20 @@ pub async fn serve(
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     telemetry::start(&token, &tracker);
-    delivery::start(&runtime, &token, &tracker);
+    let pipeline = events::Pipeline {
+        config: runtime.config.clone(),
+        registry: runtime.registry.clone(),
+        bus: runtime.bus.clone(),
+        stats: runtime.stats.clone(),
+    };
+    events::start(&pipeline, &token, &tracker);
     if watch {
-        watch::start(runtime.clone(), token.clone(), &tracker)?;
+        runtime::watch::start(runtime.clone(), token.clone(), &tracker)?;
     }
     runtime.set_ready();
 
-    let app = router::router(runtime.clone());
-    server::serve(listener, app, &runtime.config.server, shutdown).await;
+    let app = http::router::router(runtime.clone());
+    http::server::serve(listener, app, &runtime.config.server, shutdown).await;
 
     tracing::info!("draining event delivery");
     token.cancel();

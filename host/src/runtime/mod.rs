@@ -7,6 +7,8 @@
 //! through the same steps (the readiness gate) off the request path, then
 //! swaps it in atomically.
 
+pub mod watch;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,18 +22,18 @@ use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::{WasiHttp, WasiHttpView};
 
 use crate::bindings;
-use crate::bus::{EventBus, SqliteBus, TopicStats};
-use crate::component::{INIT_DEADLINE, Loaded, Slot};
+use crate::calls;
+use crate::calls::faults::Faults;
+use crate::calls::policy::Policy;
 use crate::config::{ComponentConfig, Config};
-use crate::database::Database;
-use crate::delivery::Stats;
-use crate::engine::{self, EpochTicker};
-use crate::faults::Faults;
-use crate::invocation::Invocation;
-use crate::links;
-use crate::memory::Budget;
-use crate::policy::Policy;
-use crate::registry::{Registry, Status};
+use crate::events::Stats;
+use crate::events::log::{EventBus, SqliteBus, TopicStats};
+use crate::instance::engine::{self, EpochTicker};
+use crate::instance::invocation::Invocation;
+use crate::instance::memory::Budget;
+use crate::instance::registry::{Registry, Status};
+use crate::instance::slot::{INIT_DEADLINE, Loaded, Slot};
+use crate::store::Database;
 
 pub struct Runtime {
     pub config: Arc<Config>,
@@ -188,7 +190,7 @@ impl Runtime {
         for policy in self.policies.iter().filter(|policy| policy.link.from == name) {
             let callee = self.registry.entry(&policy.link.to).context("callee loads first")?.0;
             let (registry, faults) = (self.registry.clone(), self.faults.clone());
-            links::define(
+            calls::define(
                 &mut linker,
                 &self.engine,
                 &component,
@@ -200,7 +202,7 @@ impl Runtime {
         }
         for link in self.config.links.iter().filter(|link| link.to == name) {
             if let Some((caller, _)) = self.registry.entry(&link.from) {
-                links::check(&self.engine, caller.component(), &component, link)?;
+                calls::check(&self.engine, caller.component(), &component, link)?;
             }
         }
         let pre = linker

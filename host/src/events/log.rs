@@ -178,9 +178,9 @@ impl SqliteBus {
                  payload TEXT NOT NULL
              );",
         )
-        .map_err(|err| crate::database::in_use(err, path))
+        .map_err(|err| crate::store::in_use(err, path))
         .with_context(|| format!("failed to prepare event log {}", path.display()))?;
-        crate::database::stable_plans(&conn)?;
+        crate::store::stable_plans(&conn)?;
         Ok(SqliteBus {
             conn: Mutex::new(conn),
             bytes: Mutex::default(),

@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
-use crate::bus::TopicStats;
-use crate::delivery::{self, SubscriptionStats};
-use crate::faults::Fault;
-use crate::registry::Status;
+use crate::calls::faults::Fault;
+use crate::events::log::TopicStats;
+use crate::events::{self, SubscriptionStats};
+use crate::instance::registry::Status;
 use crate::runtime::{DeployError, Runtime};
 
 pub fn router(runtime: Arc<Runtime>) -> Router<Arc<Runtime>> {
@@ -216,7 +216,7 @@ async fn replay(State(runtime): State<Arc<Runtime>>, Path(id): Path<String>) -> 
         let message = format!("component `{}` is stopped; start it first", letter.consumer);
         return error(StatusCode::CONFLICT, "stopped", &message);
     };
-    match delivery::deliver_once(&loaded, &letter.event).await {
+    match events::deliver_once(&loaded, &letter.event).await {
         Ok(_) => {
             if let Err(err) = runtime.bus.remove_dead_letter(id).await {
                 return internal(err);

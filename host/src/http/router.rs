@@ -17,11 +17,11 @@ use tracing::Instrument as _;
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 
-use crate::component::{DeadlineExceeded, Loaded};
-use crate::database::lacks_storage;
-use crate::error::ApiError;
-use crate::memory::OverBudget;
+use crate::http::error::ApiError;
+use crate::instance::memory::OverBudget;
+use crate::instance::slot::{DeadlineExceeded, Loaded};
 use crate::runtime::Runtime;
+use crate::store::lacks_storage;
 use crate::telemetry;
 
 /// Extra time on top of a component's deadline for the host's own work
@@ -33,7 +33,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .merge(crate::admin::router(runtime.clone()))
+        .merge(crate::http::admin::router(runtime.clone()))
         // The host's own errors (axum's rejections: a bad path parameter, a
         // wrong method, a body over the limit) in the API's JSON shape.
         .route_layer(axum::middleware::map_response(json_errors))
@@ -44,7 +44,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
 async fn metrics(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        telemetry::render(&runtime).await,
+        crate::http::metrics::render(&runtime).await,
     )
 }
 
@@ -69,7 +69,7 @@ async fn json_errors(response: Response) -> Response {
         .unwrap_or("error")
         .to_ascii_lowercase()
         .replace(' ', "-");
-    let mut json = crate::admin::error(status, &code, &text);
+    let mut json = crate::http::admin::error(status, &code, &text);
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             json.headers_mut().insert(name, value.clone());
@@ -90,7 +90,7 @@ async fn ready(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
 /// `x-request-id`), a span, and its metrics.
 async fn dispatch(State(runtime): State<Arc<Runtime>>, request: Request) -> Response {
     let started = Instant::now();
-    let request_id = telemetry::request_id(request.headers());
+    let request_id = request_id(request.headers());
     let component = runtime.config.route(request.uri().path()).unwrap_or("-").to_string();
     let span = tracing::info_span!(
         "http", request_id = %request_id, component = %component,
@@ -297,4 +297,15 @@ async fn invoke(loaded: &Loaded, request: hyper::Request<Full<Bytes>>, request_i
         return Err(ApiError::InsufficientStorage(name));
     }
     Ok(Response::from_parts(parts, Body::from(body)))
+}
+
+/// The id of a request: the caller's `x-request-id` if it is sane, else a
+/// new UUIDv7. It follows the request through synchronous calls and into
+/// the events it causes.
+fn request_id(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string)
 }

@@ -13,6 +13,9 @@
 //! retries of idempotent functions) and through the callee's injected
 //! [`Faults`], all within the link's timeout.
 
+pub mod faults;
+pub mod policy;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,13 +24,13 @@ use wasmtime::Engine;
 use wasmtime::component::types::{ComponentFunc, ComponentItem};
 use wasmtime::component::{Component, Linker, Type, Val};
 
-use crate::component::DeadlineExceeded;
+use crate::calls::faults::Faults;
+use crate::calls::policy::{Policy, Refused};
 use crate::config::Link;
-use crate::database::{StorageFull, lacks_storage};
-use crate::faults::Faults;
-use crate::invocation::Invocation;
-use crate::policy::{Policy, Refused};
-use crate::registry::Registry;
+use crate::instance::invocation::Invocation;
+use crate::instance::registry::Registry;
+use crate::instance::slot::DeadlineExceeded;
+use crate::store::{StorageFull, lacks_storage};
 
 /// Defines the functions of `link.interface` in the caller's linker, after
 /// checking that the callee exports the interface in the expected shape and

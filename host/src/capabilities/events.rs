@@ -9,8 +9,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::bindings::events::Host;
-use crate::database::TransactionEnded;
-use crate::invocation::Invocation;
+use crate::instance::invocation::Invocation;
+use crate::store::TransactionEnded;
 
 /// Version of the event envelope; carried by every event.
 pub const SCHEMA_VERSION: u32 = 1;

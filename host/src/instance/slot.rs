@@ -15,10 +15,10 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::bindings::{event_handler, lifecycle};
 use crate::config::Limits;
-use crate::database::{Database, StorageFull, Transaction};
-use crate::engine::EPOCH_TICK;
-use crate::invocation::Invocation;
-use crate::memory::{Budget, Limiter};
+use crate::instance::engine::EPOCH_TICK;
+use crate::instance::invocation::{InFlight, Invocation};
+use crate::instance::memory::{Budget, Limiter};
+use crate::store::{Database, StorageFull, Transaction};
 
 /// The least time `init` gets, whatever the component's `timeout_ms`: it
 /// migrates the component's tables, which on a large database can take
@@ -104,7 +104,7 @@ impl Loaded {
         Loaded {
             slot,
             version,
-            loaded_at: crate::delivery::now_ms(),
+            loaded_at: crate::clock::now_ms(),
             in_flight: Arc::default(),
             proxy: ProxyPre::new(pre.clone()).ok(),
             event_handler: event_handler::GuestIndices::new(&pre).ok(),
@@ -283,7 +283,7 @@ impl Loaded {
                 .conn()
                 .await?
                 .prepare_cached("INSERT OR IGNORE INTO _rc_inbox (event_id, received_at) VALUES (?, ?)")
-                .and_then(|mut insert| insert.execute(rusqlite::params![event.id, crate::delivery::now_ms()]));
+                .and_then(|mut insert| insert.execute(rusqlite::params![event.id, crate::clock::now_ms()]));
             txn.check(&inserted)?;
             let inserted = inserted?;
             if inserted == 0 {
@@ -350,21 +350,4 @@ pub struct Delivered {
     pub applied: usize,
     /// Why the next event was not.
     pub failed: Option<anyhow::Error>,
-}
-
-/// Counts an invocation as in flight on its version until dropped (it lives
-/// in the invocation's store).
-pub struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    fn enter(counter: &Arc<AtomicUsize>) -> InFlight {
-        counter.fetch_add(1, Ordering::Relaxed);
-        InFlight(counter.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }

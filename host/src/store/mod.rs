@@ -112,7 +112,7 @@ impl Database {
             PROGRESS_STEPS,
             Some(move || {
                 let at = watched.load(Ordering::Relaxed);
-                at != 0 && crate::delivery::now_ms() >= at
+                at != 0 && crate::clock::now_ms() >= at
             }),
         );
 
@@ -164,7 +164,7 @@ impl Database {
     /// `deadline`.
     pub fn run_guest<R>(&self, deadline: Instant, f: impl FnOnce() -> R) -> R {
         let left = deadline.saturating_duration_since(Instant::now());
-        let at = crate::delivery::now_ms() + left.as_millis() as u64;
+        let at = crate::clock::now_ms() + left.as_millis() as u64;
         self.deadline.store(at.max(1), Ordering::Relaxed);
         self.guest.store(GUEST, Ordering::Relaxed);
         // Back to the host's mode even if `f` panics.

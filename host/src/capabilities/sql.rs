@@ -4,8 +4,8 @@
 use rusqlite::types::{Value as SqlValue, ValueRef};
 
 use crate::bindings::sql::{Changes, Error, Host, Value};
-use crate::database::TransactionEnded;
-use crate::invocation::Invocation;
+use crate::instance::invocation::Invocation;
+use crate::store::TransactionEnded;
 
 impl Host for Invocation {
     #[tracing::instrument(skip_all, fields(component = %self.component))]

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
-use crate::component::Loaded;
+use crate::instance::slot::Loaded;
 
 pub struct Registry {
     entries: RwLock<HashMap<String, Entry>>,

@@ -6,6 +6,7 @@
 //! memory limit and its database transaction.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
@@ -13,9 +14,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::component::InFlight;
-use crate::database::Transaction;
-use crate::memory::Limiter;
+use crate::instance::memory::Limiter;
+use crate::store::Transaction;
 
 pub struct Invocation {
     /// Name of the component, the `source` of the events it publishes.
@@ -72,7 +72,7 @@ impl Invocation {
 
     /// Remembers a statement's failure for lack of storage.
     pub fn note_storage<T>(&mut self, outcome: &rusqlite::Result<T>) {
-        if outcome.as_ref().is_err_and(crate::database::is_full) {
+        if outcome.as_ref().is_err_and(crate::store::is_full) {
             self.storage_full = true;
         }
     }
@@ -98,5 +98,22 @@ impl WasiHttpView for Invocation {
             table: &mut self.table,
             hooks: Default::default(),
         }
+    }
+}
+
+/// Counts an invocation as in flight on its version until dropped (it lives
+/// in the invocation's store).
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub fn enter(counter: &Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -1,0 +1,5 @@
+//! What a component may import beyond WASI: its database (`sql`) and its
+//! outbox (`events`).
+
+pub mod events;
+pub mod sql;

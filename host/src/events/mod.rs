@@ -1,0 +1,105 @@
+//! Moving events: the relay (outbox -> log), the dispatchers (log ->
+//! subscriber) and the log's retention.
+//!
+//! - One relay per component drains its committed outbox rows into the log
+//!   in outbox order, then deletes them. A crash between the two appends the
+//!   batch again, which the log ignores by event id.
+//! - One dispatcher per subscription (component, topic) reads the log from
+//!   the consumer's position in batches. A batch is delivered in log order,
+//!   in runs of events that share one transaction and one instance. From a
+//!   failed event on, the rest of the batch is split into partitions by a
+//!   hash of the event key, delivered in parallel, each in log order, so
+//!   events with one key keep their order and one key's retries hold up no
+//!   other partition of the batch (the next batch waits for all of them).
+//!   A failed delivery is retried with exponential backoff; after
+//!   `max_attempts` the event goes to the dead letters and its partition
+//!   moves on. The position is saved (at most every `SAVE_EVERY`) up to the
+//!   last event before which everything was delivered; the consumer's
+//!   inbox makes a redelivery harmless.
+//! - Retention deletes events every consumer is past, beyond the configured
+//!   age or count or half the topic's `log_mib`, and dead letters beyond their
+//!   age or total size. A relay whose topic is full of undelivered events
+//!   leaves the rest in the outbox (which counts against the component's
+//!   `database_mib`) and wakes retention.
+
+mod dispatcher;
+pub mod log;
+mod pace;
+mod relay;
+mod retention;
+mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::config::Config;
+use crate::instance::registry::Registry;
+use log::EventBus;
+
+use dispatcher::Dispatcher;
+pub use dispatcher::deliver_once;
+use relay::{Outbox, relay};
+use retention::retention;
+pub use stats::{Stats, SubscriptionStats};
+
+/// Events moved or read per round trip to a database.
+const BATCH: usize = 256;
+/// How often a busy dispatcher saves its position, and a busy relay
+/// deletes relayed rows from its outbox.
+const SAVE_EVERY: Duration = Duration::from_millis(100);
+
+/// What moves events: the components (through the registry, so a swap is
+/// seen), the log, and the counters the admin API shows.
+pub struct Pipeline {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub bus: Arc<dyn EventBus>,
+    pub stats: Arc<Stats>,
+}
+
+/// Starts a relay per component, a dispatcher per subscription and the
+/// retention task, until `token` is cancelled.
+pub fn start(pipeline: &Pipeline, token: &CancellationToken, tracker: &TaskTracker) {
+    // A relay whose topic is full wakes retention before its time.
+    let full = Arc::new(Notify::new());
+    for loaded in pipeline.registry.all() {
+        let (slot, bus, token) = (loaded.slot.clone(), pipeline.bus.clone(), token.clone());
+        let linger = pipeline.config.delivery.linger();
+        let span = tracing::info_span!("relay", component = %slot.name);
+        let outbox = Outbox::new(full.clone());
+        tracker.spawn(relay(slot, bus, outbox, linger, token).instrument(span));
+    }
+    for (name, settings) in &pipeline.config.components {
+        for subscription in &settings.subscribe {
+            let topic = subscription.topic();
+            let dispatcher = Dispatcher {
+                consumer: name.clone(),
+                topic: topic.to_string(),
+                subscription: subscription.clone(),
+                registry: pipeline.registry.clone(),
+                bus: pipeline.bus.clone(),
+                stats: pipeline.stats.clone(),
+                settings: pipeline.config.delivery,
+                token: token.clone(),
+            };
+            let span = tracing::info_span!("dispatch", consumer = %name, topic = %topic);
+            tracker.spawn(dispatcher.run().instrument(span));
+        }
+    }
+    let span = tracing::info_span!("retention");
+    tracker.spawn(
+        retention(
+            pipeline.config.clone(),
+            pipeline.registry.clone(),
+            pipeline.bus.clone(),
+            full,
+            token.clone(),
+        )
+        .instrument(span),
+    );
+}

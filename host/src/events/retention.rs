@@ -1,0 +1,78 @@
+//! Retention: deletes delivered events beyond the configured age, count or
+//! half the topic's quota, dead letters beyond their age or size, and inbox
+//! rows of events no longer in the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::events::log::{EventBus, Keep};
+use crate::instance::registry::Registry;
+
+pub(super) async fn retention(
+    config: Arc<crate::Config>,
+    registry: Arc<Registry>,
+    bus: Arc<dyn EventBus>,
+    topic_full: Arc<Notify>,
+    token: CancellationToken,
+) {
+    let delivery = config.delivery;
+    let hours_ago = |hours: u64| {
+        if hours == 0 {
+            0
+        } else {
+            now_ms().saturating_sub(hours * 3_600_000)
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(delivery.retention_interval_ms)) => {}
+            _ = topic_full.notified() => {}
+            _ = token.cancelled() => return,
+        }
+        let before = hours_ago(delivery.retention_hours);
+        // Every topic in the log: one per component (its own), whether or
+        // not anyone subscribes to it.
+        for (topic, publisher) in &config.components {
+            let mut delivered = u64::MAX;
+            for (name, settings) in &config.components {
+                if settings.topics().any(|t| t == topic) {
+                    delivered = delivered.min(bus.position(name, topic).await.unwrap_or(0));
+                }
+            }
+            // Delivered events keep at most half the topic's quota, so that
+            // the other half always has room for new ones.
+            let keep = Keep {
+                since: before,
+                events: delivery.retention_events,
+                bytes: publisher.limits.log_bytes() / 2,
+            };
+            match bus.prune(topic, delivered, keep).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(topic, pruned, "old events deleted from the log"),
+                Err(err) => tracing::error!(topic, cause = %format!("{err:#}"), "retention failed"),
+            }
+        }
+        let dead_before = hours_ago(delivery.dead_letter_hours);
+        match bus
+            .prune_dead_letters(dead_before, delivery.dead_letter_mib * 1024 * 1024)
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => tracing::warn!(pruned, "old dead letters deleted"),
+            Err(err) => tracing::error!(cause = %format!("{err:#}"), "dead-letter retention failed"),
+        }
+        // Inbox rows only guard against redelivery of events still in the log.
+        if before > 0 {
+            for loaded in registry.all() {
+                let conn = loaded.slot.db.lock().await;
+                if let Err(err) = conn.execute("DELETE FROM _rc_inbox WHERE received_at < ?", [before as i64]) {
+                    tracing::error!(component = %loaded.name(), cause = %err, "inbox retention failed");
+                }
+            }
+        }
+    }
+}
