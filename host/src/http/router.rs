@@ -148,9 +148,18 @@ async fn route(runtime: &Runtime, request: Request, request_id: &str) -> Result<
         }
         Some(_) => {}
     }
-    // A body announced over the limit is refused before it is read, so a
-    // client sending `Expect: 100-continue` gets 413 instead of "100 Continue".
-    if content_length(&parts.headers).is_some_and(|length| length > limits.max_request_bytes as u64) {
+    // A body announced over the limit is refused before it is read when
+    // the client waits for "100 Continue" (it gets 413 instead), or when it
+    // is too large to drain; otherwise it is drained first (see `buffer`),
+    // so that a client still sending reads the 413, not a reset.
+    let limit = limits.max_request_bytes as u64;
+    let waits = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|expect| expect.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if content_length(&parts.headers)
+        .is_some_and(|length| length > limit && (waits || length > limit + DRAIN_LIMIT as u64))
+    {
         return Err(ApiError::TooLarge {
             limit: limits.max_request_bytes,
         });
