@@ -6,11 +6,11 @@
 //! change that caused it commits. The relay (in `delivery`) moves committed
 //! rows to the event log.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::bindings::events::Host;
+use crate::clock::now_ms;
 use crate::instance::invocation::Invocation;
 use crate::store::TransactionEnded;
+use crate::store::host_tables::{self, OutboxEvent};
 
 /// Version of the event envelope; carried by every event.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -58,27 +58,18 @@ impl Host for Invocation {
                 return Ok(Err(format!("{err:#}")));
             }
         };
-        let id = uuid::Uuid::now_v7().to_string();
-        let time = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let inserted = conn
-            .prepare_cached(
-                "INSERT INTO _rc_outbox (event_id, topic, key, type, time, schema_version, payload, request_id)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(rusqlite::params![
-                    id,
-                    topic,
-                    key,
-                    event_type,
-                    time,
-                    SCHEMA_VERSION,
-                    payload,
-                    self.request_id
-                ])
-            });
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let event = OutboxEvent {
+            event_id: &event_id,
+            topic: &topic,
+            key: &key,
+            event_type: &event_type,
+            time: now_ms(),
+            schema_version: SCHEMA_VERSION,
+            payload: &payload,
+            request_id: self.request_id.as_deref(),
+        };
+        let inserted = host_tables::publish(conn, &event);
         self.note_storage(&inserted);
         // Like a statement of the guest's own, an insert that made SQLite
         // end the transaction fails the invocation.

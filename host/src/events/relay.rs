@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::params;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::log::{Envelope, EventBus, event_size};
 use crate::instance::slot::Slot;
+use crate::store::host_tables::{self, OutboxRow};
 
 use super::pace::Pace;
 use super::{BATCH, SAVE_EVERY};
@@ -83,27 +83,10 @@ impl Outbox {
         loop {
             let batch = {
                 let conn = slot.db.lock().await;
-                let mut stmt = conn.prepare_cached(
-                    "SELECT id, event_id, topic, key, type, time, schema_version, payload, request_id
-                     FROM _rc_outbox WHERE id > ? ORDER BY id LIMIT ?",
-                )?;
-                let rows = stmt.query_map(params![self.relayed, BATCH as i64], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        Envelope {
-                            id: row.get(1)?,
-                            topic: row.get(2)?,
-                            key: row.get(3)?,
-                            event_type: row.get(4)?,
-                            source: slot.name.to_string(),
-                            time: row.get(5)?,
-                            schema_version: row.get(6)?,
-                            payload: row.get(7)?,
-                            request_id: row.get(8)?,
-                        },
-                    ))
-                })?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()?
+                let rows = host_tables::outbox_after(&conn, self.relayed, BATCH)?;
+                rows.into_iter()
+                    .map(|row| (row.id, envelope(row, &slot.name)))
+                    .collect::<Vec<_>>()
             };
             if batch.is_empty() {
                 return self.delete(slot, false).await;
@@ -160,10 +143,24 @@ impl Outbox {
         let due = now || self.deleted_at.is_none_or(|at| at.elapsed() >= SAVE_EVERY);
         if self.pending() && due {
             let conn = slot.db.lock().await;
-            conn.prepare_cached("DELETE FROM _rc_outbox WHERE id <= ?")?
-                .execute(params![self.relayed])?;
+            host_tables::outbox_delete_through(&conn, self.relayed)?;
             (self.deleted, self.deleted_at) = (self.relayed, Some(Instant::now()));
         }
         Ok(())
+    }
+}
+
+/// An outbox row as the log keeps it, published by `source`.
+fn envelope(row: OutboxRow, source: &str) -> Envelope {
+    Envelope {
+        id: row.event_id,
+        topic: row.topic,
+        key: row.key,
+        event_type: row.event_type,
+        source: source.to_string(),
+        time: row.time,
+        schema_version: row.schema_version,
+        payload: row.payload,
+        request_id: row.request_id,
     }
 }

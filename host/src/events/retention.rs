@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::events::log::{EventBus, Keep};
 use crate::instance::registry::Registry;
+use crate::store::host_tables;
 
 pub(super) async fn retention(
     config: Arc<crate::Config>,
@@ -69,7 +70,7 @@ pub(super) async fn retention(
         if before > 0 {
             for loaded in registry.all() {
                 let conn = loaded.slot.db.lock().await;
-                if let Err(err) = conn.execute("DELETE FROM _rc_inbox WHERE received_at < ?", [before as i64]) {
+                if let Err(err) = host_tables::inbox_prune(&conn, before) {
                     tracing::error!(component = %loaded.name(), cause = %err, "inbox retention failed");
                 }
             }

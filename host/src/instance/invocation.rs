@@ -15,6 +15,7 @@ use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::instance::memory::Limiter;
+use crate::store::SqlResult;
 use crate::store::Transaction;
 
 pub struct Invocation {
@@ -71,7 +72,7 @@ impl Invocation {
     }
 
     /// Remembers a statement's failure for lack of storage.
-    pub fn note_storage<T>(&mut self, outcome: &rusqlite::Result<T>) {
+    pub fn note_storage<T>(&mut self, outcome: &SqlResult<T>) {
         if outcome.as_ref().is_err_and(crate::store::is_full) {
             self.storage_full = true;
         }

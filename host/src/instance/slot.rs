@@ -18,6 +18,7 @@ use crate::config::Limits;
 use crate::instance::engine::EPOCH_TICK;
 use crate::instance::invocation::{InFlight, Invocation};
 use crate::instance::memory::{Budget, Limiter};
+use crate::store::host_tables;
 use crate::store::{Database, StorageFull, Transaction};
 
 /// The least time `init` gets, whatever the component's `timeout_ms`: it
@@ -244,12 +245,7 @@ impl Loaded {
             if let Err(refusal) = lifecycle.call_reset(&mut store).await? {
                 return Ok(Err(refusal));
             }
-            store
-                .data_mut()
-                .txn
-                .conn()
-                .await?
-                .execute_batch("DELETE FROM _rc_inbox; INSERT INTO _rc_rewind (pending) VALUES (1)")?;
+            host_tables::forget_applied_and_mark_rewind(store.data_mut().txn.conn().await?)?;
             self.finish(&mut store, true)?;
             Ok(Ok(()))
         };
@@ -279,14 +275,9 @@ impl Loaded {
             txn.savepoint().await?;
             // The inbox row goes in first and is rolled back with the
             // effect if the handler fails: a row already there means applied.
-            let inserted = txn
-                .conn()
-                .await?
-                .prepare_cached("INSERT OR IGNORE INTO _rc_inbox (event_id, received_at) VALUES (?, ?)")
-                .and_then(|mut insert| insert.execute(rusqlite::params![event.id, crate::clock::now_ms()]));
+            let inserted = host_tables::inbox_record(txn.conn().await?, &event.id, crate::clock::now_ms());
             txn.check(&inserted)?;
-            let inserted = inserted?;
-            if inserted == 0 {
+            if !inserted? {
                 txn.release()?;
                 delivered.applied += 1;
                 continue;

@@ -7,12 +7,15 @@
 //! through the same steps (the readiness gate) off the request path, then
 //! swaps it in atomically.
 
+mod deploy;
 pub mod watch;
 
-use std::path::{Path, PathBuf};
+pub use deploy::DeployError;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use sha2::{Digest, Sha256};
@@ -31,9 +34,10 @@ use crate::events::log::{EventBus, SqliteBus, TopicStats};
 use crate::instance::engine::{self, EpochTicker};
 use crate::instance::invocation::Invocation;
 use crate::instance::memory::Budget;
-use crate::instance::registry::{Registry, Status};
+use crate::instance::registry::Registry;
 use crate::instance::slot::{INIT_DEADLINE, Loaded, Slot};
 use crate::store::Database;
+use crate::store::host_tables;
 
 pub struct Runtime {
     pub config: Arc<Config>,
@@ -60,15 +64,6 @@ pub struct SubscriptionLog {
     /// Everything up to here is delivered.
     pub position: u64,
     pub log: TopicStats,
-}
-
-/// Why a new version was refused; the old one keeps serving.
-#[derive(Debug, thiserror::Error)]
-pub enum DeployError {
-    #[error("no component `{0}`")]
-    Unknown(String),
-    #[error("{0:#}")]
-    Refused(anyhow::Error),
 }
 
 impl Runtime {
@@ -120,13 +115,7 @@ impl Runtime {
                 .with_context(|| format!("component `{name}`"))?;
         }
         for loaded in runtime.registry.all() {
-            let pending =
-                loaded
-                    .slot
-                    .db
-                    .lock()
-                    .await
-                    .query_row("SELECT EXISTS (SELECT 1 FROM _rc_rewind)", [], |row| row.get(0))?;
+            let pending = host_tables::rewind_pending(&*loaded.slot.db.lock().await)?;
             if pending {
                 tracing::warn!(component = %loaded.name(), "finishing a reset the host stopped in the middle of");
                 runtime.rewind(&loaded).await?;
@@ -146,7 +135,7 @@ impl Runtime {
             self.bus.commit(name, topic, 0).await?;
             self.stats.update(name, topic, |s| s.position = None);
         }
-        loaded.slot.db.lock().await.execute("DELETE FROM _rc_rewind", [])?;
+        host_tables::rewound(&*loaded.slot.db.lock().await)?;
         loaded.slot.resets.send_modify(|generation| *generation += 1);
         Ok(())
     }
@@ -222,136 +211,6 @@ impl Runtime {
             bail!("it subscribes to topics but does not export rentcar:host/event-handler");
         }
         Ok(loaded)
-    }
-
-    /// Runs the `init` of a version about to replace the running one while
-    /// the running one serves on. `init` runs first on a copy of the
-    /// database, which the running version never waits for: a migration
-    /// that fails (or never ends) is refused without having touched the
-    /// live database. Then it runs on the live database, where it holds the
-    /// write turn for as long as the migration takes, bounded by twice its
-    /// time on the copy plus a second.
-    async fn init_beside(&self, loaded: &Loaded) -> anyhow::Result<()> {
-        let name = loaded.name();
-        let dir = self.config.server.data_dir.join("deploying");
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let copy_path = dir.join(format!("{name}.db"));
-        remove_database(&copy_path)?;
-        let rehearsal = async {
-            loaded.slot.db.copy_to(&copy_path).await?;
-            let copy = Database::open(&copy_path)?;
-            copy.limit_size(u64::from(loaded.slot.limits.database_mib) * 1024 * 1024)?;
-            let slot = Arc::new(Slot::new(
-                name,
-                copy,
-                wasi_config(&self.config.components[name]),
-                loaded.slot.limits,
-                self.memory.clone(),
-            ));
-            let started = Instant::now();
-            loaded.on(slot).init(INIT_DEADLINE).await?;
-            anyhow::Ok(started.elapsed())
-        };
-        let rehearsed = rehearsal.await;
-        remove_database(&copy_path)?;
-        let took = rehearsed.context("init failed on a copy of the database")?;
-        let bound = (took * 2 + Duration::from_secs(1)).min(INIT_DEADLINE);
-        loaded.init(bound).await.with_context(|| {
-            format!(
-                "init on the live database did not finish within {} ms (it took {} ms on a copy)",
-                bound.as_millis(),
-                took.as_millis()
-            )
-        })
-    }
-
-    /// Replaces the running version of `name` with `wasm` once it passed the
-    /// readiness gate. Invocations already running finish on the old
-    /// version; new ones start on the new one. The new version is kept on
-    /// disk, so a restart keeps it.
-    pub async fn deploy(&self, name: &str, wasm: Vec<u8>) -> Result<Status, DeployError> {
-        let _one_at_a_time = self.deploying.lock().await;
-        let (current, _) = self
-            .registry
-            .entry(name)
-            .ok_or_else(|| DeployError::Unknown(name.into()))?;
-        let started = Instant::now();
-        let wasm: Arc<[u8]> = wasm.into();
-        let loaded = self
-            .prepare(current.slot.clone(), wasm.clone())
-            .await
-            .map_err(DeployError::Refused)?;
-        self.init_beside(&loaded).await.map_err(DeployError::Refused)?;
-        if loaded.version == current.version {
-            tracing::info!(component = name, version = %loaded.version, "deployed version is already running");
-        } else {
-            self.persist(name, &wasm).map_err(DeployError::Refused)?;
-            let version = loaded.version.clone();
-            self.registry.install(Arc::new(loaded));
-            tracing::info!(
-                component = name, version = %version, previous = %current.version,
-                elapsed_ms = started.elapsed().as_millis() as u64, "new version swapped in"
-            );
-        }
-        Ok(self.registry.status(name).expect("installed above"))
-    }
-
-    /// Goes back to the previous version of `name`.
-    pub async fn rollback(&self, name: &str) -> Result<Status, DeployError> {
-        let _one_at_a_time = self.deploying.lock().await;
-        if self.registry.entry(name).is_none() {
-            return Err(DeployError::Unknown(name.into()));
-        }
-        let previous = self.registry.previous(name);
-        let Some(previous) = previous else {
-            return Err(DeployError::Refused(anyhow::anyhow!(
-                "`{name}` has no previous version"
-            )));
-        };
-        self.swap_deployed(name).map_err(DeployError::Refused)?;
-        self.registry.rollback(name);
-        tracing::info!(component = name, version = %previous.version, "rolled back");
-        Ok(self.registry.status(name).expect("rolled back above"))
-    }
-
-    fn deployed_path(&self, name: &str) -> PathBuf {
-        self.config
-            .server
-            .data_dir
-            .join("deployed")
-            .join(format!("{name}.wasm"))
-    }
-
-    /// The previous version's wasm, kept so that a rollback outlives a
-    /// restart; absent while the previous version is the one at the
-    /// component's `path` in runtime.toml.
-    fn previous_path(&self, name: &str) -> PathBuf {
-        self.deployed_path(name).with_extension("previous.wasm")
-    }
-
-    /// Keeps `wasm` as the version to load at start-up; the one kept so far
-    /// becomes the previous one.
-    fn persist(&self, name: &str, wasm: &[u8]) -> anyhow::Result<()> {
-        let path = self.deployed_path(name);
-        let temporary = path.with_extension("wasm.tmp");
-        std::fs::write(&temporary, wasm).with_context(|| format!("cannot write {}", temporary.display()))?;
-        let previous = self.previous_path(name);
-        if !rename_if_present(&path, &previous)? {
-            remove_if_present(&previous)?;
-        }
-        std::fs::rename(&temporary, &path).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
-    }
-
-    /// After a rollback, start-up loads the previous version, and the one
-    /// rolled back from becomes the previous one, as in the registry.
-    fn swap_deployed(&self, name: &str) -> anyhow::Result<()> {
-        let (current, previous) = (self.deployed_path(name), self.previous_path(name));
-        let swapping = current.with_extension("wasm.swap");
-        rename_if_present(&current, &swapping)?;
-        rename_if_present(&previous, &current)?;
-        rename_if_present(&swapping, &previous)?;
-        Ok(())
     }
 
     /// Where every subscription stands in the log, for the admin API and
@@ -484,35 +343,6 @@ fn read_only(err: std::io::Error, data_dir: &Path) -> anyhow::Error {
 /// What a component reads through `wasi:config/store`.
 fn wasi_config(settings: &ComponentConfig) -> WasiConfigVariables {
     settings.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
-/// Removes a database file and what SQLite keeps beside it.
-fn remove_database(path: &Path) -> anyhow::Result<()> {
-    remove_if_present(path)?;
-    for suffix in ["-wal", "-shm", "-journal"] {
-        let mut beside = path.as_os_str().to_owned();
-        beside.push(suffix);
-        remove_if_present(Path::new(&beside))?;
-    }
-    Ok(())
-}
-
-/// Renames `from` to `to`; `false` if there was no `from`.
-fn rename_if_present(from: &Path, to: &Path) -> anyhow::Result<bool> {
-    match std::fs::rename(from, to) {
-        Ok(()) => Ok(true),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(err) => Err(err).with_context(|| format!("cannot rename {} to {}", from.display(), to.display())),
-    }
-}
-
-fn remove_if_present(path: &Path) -> anyhow::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            Err(err).with_context(|| format!("cannot remove {}", path.display()))
-        }
-        _ => Ok(()),
-    }
 }
 
 /// `[server] memory_budget_mib`, or the components' budgets together, at

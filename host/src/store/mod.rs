@@ -21,6 +21,8 @@
 //! instead of sharing the files. (Inspect a database with `sqlite3` while the
 //! host is stopped.)
 
+pub mod host_tables;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -32,6 +34,11 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use host_tables::MIGRATIONS;
+
+/// What every statement answers; the type store's callers name.
+pub type SqlResult<T> = rusqlite::Result<T>;
+
 /// Host tables in every component database: their names start with this
 /// prefix, and a guest statement that mentions it is refused.
 pub const HOST_TABLE_PREFIX: &str = "_rc_";
@@ -42,35 +49,6 @@ const MAX_VALUE_BYTES: i32 = 16 * 1024 * 1024;
 const MAX_STATEMENT_BYTES: i32 = 1024 * 1024;
 /// SQLite virtual machine steps between two checks of the deadline.
 const PROGRESS_STEPS: i32 = 10_000;
-
-/// Host-owned schema, applied in order and tracked by `PRAGMA user_version`.
-/// The guest's own tables are migrated by its `init` export.
-const MIGRATIONS: &[&str] = &[
-    // The transactional outbox: rows written in the invocation's transaction,
-    // moved to the event log by the relay once committed. AUTOINCREMENT, so
-    // that a row id is never handed out twice even after the table empties.
-    "CREATE TABLE _rc_outbox (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        event_id TEXT NOT NULL,
-        topic TEXT NOT NULL,
-        key TEXT NOT NULL,
-        type TEXT NOT NULL,
-        time INTEGER NOT NULL,
-        schema_version INTEGER NOT NULL,
-        payload TEXT NOT NULL
-    )",
-    // The inbox: ids of the events whose effect committed, written in the
-    // same transaction as the effect, so a redelivery has no second effect.
-    "CREATE TABLE _rc_inbox (
-        event_id TEXT PRIMARY KEY,
-        received_at INTEGER NOT NULL
-    ) WITHOUT ROWID",
-    // The request that caused the event, to follow it across contexts.
-    "ALTER TABLE _rc_outbox ADD COLUMN request_id TEXT",
-    // A row here: the component was reset (in the same transaction) and its
-    // positions in the log are not rewound yet. See `Runtime::rewind`.
-    "CREATE TABLE _rc_rewind (pending INTEGER NOT NULL)",
-];
 
 /// A component's database.
 pub struct Database {
