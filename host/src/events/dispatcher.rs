@@ -3,8 +3,6 @@
 //! a failure, and moving what cannot be applied to the dead letters.
 
 use std::collections::BTreeMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +21,7 @@ use crate::store::lacks_storage;
 use crate::telemetry;
 
 use super::pace::Pace;
+use super::partition::partition;
 use super::stats::Stats;
 use super::{BATCH, SAVE_EVERY};
 
@@ -167,7 +166,7 @@ impl Dispatcher {
         if let (Some((_, first)), Some(failure)) = (rest.first(), failure) {
             let failed_partition = partition(&first.key, self.settings.partitions);
             let mut failure = Some(failure);
-            let mut partitions: BTreeMap<u64, Vec<&(u64, Envelope)>> = BTreeMap::new();
+            let mut partitions: BTreeMap<u32, Vec<&(u64, Envelope)>> = BTreeMap::new();
             for &entry in rest {
                 partitions
                     .entry(partition(&entry.1.key, self.settings.partitions))
@@ -383,27 +382,5 @@ pub fn to_event(envelope: &Envelope) -> Event {
         time: envelope.time,
         schema_version: envelope.schema_version,
         payload: envelope.payload.clone(),
-    }
-}
-
-/// The partition of a key: stable for a given key and partition count.
-fn partition(key: &str, partitions: u32) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    key.hash(&mut hasher);
-    hasher.finish() % u64::from(partitions.max(1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::partition;
-
-    #[test]
-    fn a_key_always_lands_in_the_same_partition() {
-        for key in ["1", "42", "car-7", ""] {
-            let first = partition(key, 4);
-            assert!(first < 4);
-            assert_eq!(partition(key, 4), first);
-        }
-        assert_eq!(partition("anything", 1), 0);
     }
 }

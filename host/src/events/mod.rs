@@ -25,6 +25,7 @@
 mod dispatcher;
 pub mod log;
 mod pace;
+mod partition;
 mod relay;
 mod retention;
 mod stats;
