@@ -13,8 +13,11 @@
 //! retries of idempotent functions) and through the callee's injected
 //! [`Faults`], all within the link's timeout.
 
+mod callee;
 pub mod faults;
 pub mod policy;
+
+pub use callee::{Callee, LocalCallee};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,9 +31,8 @@ use crate::calls::faults::Faults;
 use crate::calls::policy::{Policy, Refused};
 use crate::config::Link;
 use crate::instance::invocation::Invocation;
-use crate::instance::registry::Registry;
 use crate::instance::slot::DeadlineExceeded;
-use crate::store::{StorageFull, lacks_storage};
+use crate::store::lacks_storage;
 
 /// Defines the functions of `link.interface` in the caller's linker, after
 /// checking that the callee exports the interface in the expected shape and
@@ -41,20 +43,20 @@ pub fn define(
     caller: &Component,
     callee: &Component,
     policy: Arc<Policy>,
-    registry: Arc<Registry>,
+    target: Arc<dyn Callee>,
     faults: Arc<Faults>,
 ) -> anyhow::Result<()> {
     let functions = check(engine, caller, callee, &policy.link)?;
     let mut instance = linker.instance(&policy.link.interface)?;
     for function in functions {
-        let (policy, registry, faults) = (policy.clone(), registry.clone(), faults.clone());
+        let (policy, target, faults) = (policy.clone(), target.clone(), faults.clone());
         let function = Arc::new(function);
         instance.func_new_async(&function.clone(), move |mut caller, _ty, params, results| {
-            let (policy, registry, faults, function) = (policy.clone(), registry.clone(), faults.clone(), function.clone());
+            let (policy, target, faults, function) = (policy.clone(), target.clone(), faults.clone(), function.clone());
             let request_id = caller.data().request_id.clone();
             Box::new(async move {
                 let link = &policy.link;
-                let call = Call { policy: &policy, registry: &registry, faults: &faults, function: &function, request_id };
+                let call = Call { policy: &policy, callee: target.as_ref(), faults: &faults, function: &function, request_id };
                 results[0] = match call.run(params).await {
                     Ok(result) => result,
                     Err(err) => {
@@ -147,7 +149,7 @@ fn check_shape(function: &str, ty: &ComponentFunc) -> anyhow::Result<()> {
 /// One call through a link.
 struct Call<'a> {
     policy: &'a Policy,
-    registry: &'a Registry,
+    callee: &'a dyn Callee,
     faults: &'a Faults,
     function: &'a str,
     /// The caller's request, carried into the callee.
@@ -176,7 +178,7 @@ impl Call<'_> {
                 if self.faults.inject(&link.to).await {
                     return Err(anyhow!(FaultInjected));
                 }
-                self.once(params).await
+                self.callee.call(self.function, params, self.request_id.clone()).await
             };
             let outcome = tokio::time::timeout_at(deadline, once)
                 .await
@@ -196,40 +198,6 @@ impl Call<'_> {
         }
         result
     }
-
-    /// One attempt: a fresh callee instance in its own store and transaction.
-    async fn once(&self, params: &[Val]) -> anyhow::Result<Val> {
-        let link = &self.policy.link;
-        let callee = self.registry.get(&link.to).ok_or(NotRunning)?;
-        let _instance = callee.slot.instances.acquire().await?;
-        let mut store = callee.store();
-        store.data_mut().request_id = self.request_id.clone();
-        store.data_mut().may_commit = true;
-        let instance = callee.instantiate(&mut store).await?;
-        let component = callee.component();
-        let interface = component
-            .get_export_index(None, &link.interface)
-            .context("interface not exported")?;
-        let index = component
-            .get_export_index(Some(&interface), self.function)
-            .context("function not exported")?;
-        let func = instance.get_func(&mut store, index).context("function not exported")?;
-        let mut results = [Val::Bool(false)];
-        let called: anyhow::Result<()> = func
-            .call_async(&mut store, params, &mut results)
-            .await
-            .map_err(Into::into);
-        let [result] = results;
-        // Every linked function returns `result<_, call-error>`: an error
-        // leaves no trace (say, a payment inserted before its event failed).
-        let ok = called.is_ok() && !matches!(result, Val::Result(Err(_)));
-        let finished = called.and_then(|()| callee.finish(&mut store, ok));
-        if store.data().storage_full && !ok {
-            return Err(anyhow!(StorageFull));
-        }
-        finished?;
-        Ok(result)
-    }
 }
 
 /// Pause before the first retry of an idempotent call; grows linearly.
@@ -237,7 +205,7 @@ const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 #[error("the callee is not running")]
-struct NotRunning;
+pub struct NotRunning;
 
 #[derive(Debug, thiserror::Error)]
 #[error("fault injected")]

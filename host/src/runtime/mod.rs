@@ -25,9 +25,9 @@ use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::{WasiHttp, WasiHttpView};
 
 use crate::bindings;
-use crate::calls;
 use crate::calls::faults::Faults;
 use crate::calls::policy::Policy;
+use crate::calls::{self, LocalCallee};
 use crate::config::{ComponentConfig, Config};
 use crate::events::Stats;
 use crate::events::log::{EventBus, SqliteBus, TopicStats};
@@ -178,15 +178,16 @@ impl Runtime {
         add_capabilities(&mut linker)?;
         for policy in self.policies.iter().filter(|policy| policy.link.from == name) {
             let callee = self.registry.entry(&policy.link.to).context("callee loads first")?.0;
-            let (registry, faults) = (self.registry.clone(), self.faults.clone());
+            let link = &policy.link;
+            let target = Arc::new(LocalCallee::new(self.registry.clone(), &link.to, &link.interface));
             calls::define(
                 &mut linker,
                 &self.engine,
                 &component,
                 callee.component(),
                 policy.clone(),
-                registry,
-                faults,
+                target,
+                self.faults.clone(),
             )?;
         }
         for link in self.config.links.iter().filter(|link| link.to == name) {
