@@ -123,6 +123,45 @@ const ROW_OVERHEAD: u64 = 128;
 /// [`event_size`] in SQL, over an `events` or `dead_letters` row.
 const SIZE: &str = "(octet_length(payload) + octet_length(key) + octet_length(type) + 128)";
 
+/// The log's schema, applied in order and counted in `PRAGMA user_version`.
+/// The first one is written to adopt a log made before migrations were
+/// numbered (which has its tables and a `user_version` of 0).
+const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS events (
+            position INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            topic TEXT NOT NULL,
+            key TEXT NOT NULL,
+            type TEXT NOT NULL,
+            source TEXT NOT NULL,
+            time INTEGER NOT NULL,
+            schema_version INTEGER NOT NULL,
+            payload TEXT NOT NULL,
+            request_id TEXT
+        );
+        CREATE INDEX IF NOT EXISTS events_by_topic ON events (topic, position);
+        CREATE TABLE IF NOT EXISTS positions (
+            consumer TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            PRIMARY KEY (consumer, topic)
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS dead_letters (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            consumer TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            attempts INTEGER NOT NULL,
+            last_error TEXT NOT NULL,
+            time INTEGER NOT NULL,
+            event_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            type TEXT NOT NULL,
+            source TEXT NOT NULL,
+            event_time INTEGER NOT NULL,
+            schema_version INTEGER NOT NULL,
+            payload TEXT NOT NULL
+        );"];
+
 pub struct SqliteBus {
     conn: Mutex<Connection>,
     /// Per topic, [`EventBus::topic_bytes`] (once asked), kept up to date
@@ -141,45 +180,12 @@ impl SqliteBus {
             "PRAGMA page_size = 1024;
              PRAGMA locking_mode = EXCLUSIVE;
              PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS events (
-                 position INTEGER PRIMARY KEY AUTOINCREMENT,
-                 id TEXT NOT NULL UNIQUE,
-                 topic TEXT NOT NULL,
-                 key TEXT NOT NULL,
-                 type TEXT NOT NULL,
-                 source TEXT NOT NULL,
-                 time INTEGER NOT NULL,
-                 schema_version INTEGER NOT NULL,
-                 payload TEXT NOT NULL,
-                 request_id TEXT
-             );
-             CREATE INDEX IF NOT EXISTS events_by_topic ON events (topic, position);
-             CREATE TABLE IF NOT EXISTS positions (
-                 consumer TEXT NOT NULL,
-                 topic TEXT NOT NULL,
-                 position INTEGER NOT NULL,
-                 PRIMARY KEY (consumer, topic)
-             ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS dead_letters (
-                 id INTEGER PRIMARY KEY AUTOINCREMENT,
-                 consumer TEXT NOT NULL,
-                 topic TEXT NOT NULL,
-                 position INTEGER NOT NULL,
-                 attempts INTEGER NOT NULL,
-                 last_error TEXT NOT NULL,
-                 time INTEGER NOT NULL,
-                 event_id TEXT NOT NULL,
-                 key TEXT NOT NULL,
-                 type TEXT NOT NULL,
-                 source TEXT NOT NULL,
-                 event_time INTEGER NOT NULL,
-                 schema_version INTEGER NOT NULL,
-                 payload TEXT NOT NULL
-             );",
+             PRAGMA synchronous = NORMAL;",
         )
         .map_err(|err| crate::store::in_use(err, path))
         .with_context(|| format!("failed to prepare event log {}", path.display()))?;
+        crate::store::migrate(&conn, MIGRATIONS)
+            .with_context(|| format!("failed to migrate event log {}", path.display()))?;
         crate::store::stable_plans(&conn)?;
         Ok(SqliteBus {
             conn: Mutex::new(conn),

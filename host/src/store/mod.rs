@@ -75,7 +75,7 @@ impl Database {
         )
         .map_err(|err| in_use(err, path))
         .with_context(|| format!("failed to configure database {}", path.display()))?;
-        migrate(&conn).with_context(|| format!("failed to migrate database {}", path.display()))?;
+        migrate(&conn, MIGRATIONS).with_context(|| format!("failed to migrate database {}", path.display()))?;
         stable_plans(&conn)?;
 
         // A value or a statement the host would have to hold in memory is
@@ -206,9 +206,11 @@ pub fn stable_plans(conn: &Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+/// Applies the `migrations` a database has not had yet, each in its own
+/// transaction, counting them in `PRAGMA user_version`.
+pub fn migrate(conn: &Connection, migrations: &[&str]) -> rusqlite::Result<()> {
     let applied: usize = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+    for (index, migration) in migrations.iter().enumerate().skip(applied) {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(migration)?;
         tx.pragma_update(None, "user_version", index + 1)?;
