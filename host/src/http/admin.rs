@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use crate::calls::faults::Fault;
 use crate::events::log::TopicStats;
 use crate::events::{self, SubscriptionStats};
+use crate::http::error::ApiError;
 use crate::instance::registry::Status;
 use crate::runtime::{DeployError, Runtime};
 
@@ -48,16 +49,9 @@ async fn authorize(State(runtime): State<Arc<Runtime>>, request: Request, next: 
         (Some(expected), Some(presented)) if constant_time_eq(expected.as_bytes(), presented.as_bytes()) => {
             next.run(request).await
         }
-        (None, _) => error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the admin API is disabled: set RENTCAR_ADMIN_TOKEN or [admin] token",
-        ),
-        _ => error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong bearer token",
-        ),
+        (None, _) => ApiError::Unauthorized("the admin API is disabled: set RENTCAR_ADMIN_TOKEN or [admin] token")
+            .into_response(),
+        _ => ApiError::Unauthorized("missing or wrong bearer token").into_response(),
     }
 }
 
@@ -75,43 +69,43 @@ async fn components(State(runtime): State<Arc<Runtime>>) -> Json<Vec<Status>> {
 
 /// `PUT /admin/components/{name}` with the wasm as body: the readiness gate,
 /// then the swap. 422 with the reason if refused; the old version serves on.
-async fn deploy(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>, wasm: axum::body::Bytes) -> Response {
+async fn deploy(
+    State(runtime): State<Arc<Runtime>>,
+    Path(name): Path<String>,
+    wasm: axum::body::Bytes,
+) -> Result<Response, ApiError> {
     deployed(&name, runtime.deploy(&name, wasm.to_vec()).await)
 }
 
-async fn rollback(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) -> Response {
+async fn rollback(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     deployed(&name, runtime.rollback(&name).await)
 }
 
-fn deployed(name: &str, result: Result<Status, DeployError>) -> Response {
+fn deployed(name: &str, result: Result<Status, DeployError>) -> Result<Response, ApiError> {
     match result {
-        Ok(status) => Json(status).into_response(),
-        Err(DeployError::Unknown(_)) => error(StatusCode::NOT_FOUND, "not-found", &format!("no component `{name}`")),
+        Ok(status) => Ok(Json(status).into_response()),
+        Err(DeployError::Unknown(_)) => Err(ApiError::NotFound(format!("no component `{name}`"))),
         Err(DeployError::Refused(reason)) => {
             tracing::warn!(component = name, reason = %format!("{reason:#}"), "new version refused");
-            error(StatusCode::UNPROCESSABLE_ENTITY, "refused", &format!("{reason:#}"))
+            Err(ApiError::Refused(format!("{reason:#}")))
         }
     }
 }
 
-async fn stop(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) -> Response {
+async fn stop(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     set_running(&runtime, &name, false)
 }
 
-async fn start(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) -> Response {
+async fn start(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     set_running(&runtime, &name, true)
 }
 
-fn set_running(runtime: &Runtime, name: &str, running: bool) -> Response {
+fn set_running(runtime: &Runtime, name: &str, running: bool) -> Result<Response, ApiError> {
     if !runtime.registry.set_running(name, running) {
-        return error(StatusCode::NOT_FOUND, "not-found", &format!("no component `{name}`"));
+        return Err(ApiError::NotFound(format!("no component `{name}`")));
     }
     tracing::info!(component = %name, running, "component state changed by operator");
-    Json(runtime.registry.status(name)).into_response()
-}
-
-pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": code, "message": message }))).into_response()
+    Ok(Json(runtime.registry.status(name)).into_response())
 }
 
 /// One subscription as `GET /admin/subscriptions` shows it.
@@ -129,11 +123,8 @@ struct Subscription {
     stats: SubscriptionStats,
 }
 
-async fn subscriptions(State(runtime): State<Arc<Runtime>>) -> Response {
-    let logs = match runtime.subscription_logs().await {
-        Ok(logs) => logs,
-        Err(err) => return internal(err),
-    };
+async fn subscriptions(State(runtime): State<Arc<Runtime>>) -> Result<Response, ApiError> {
+    let logs = runtime.subscription_logs().await.map_err(ApiError::Internal)?;
     let all: Vec<Subscription> = logs
         .into_iter()
         .map(|sub| Subscription {
@@ -149,95 +140,80 @@ async fn subscriptions(State(runtime): State<Arc<Runtime>>) -> Response {
             log: sub.log,
         })
         .collect();
-    Json(all).into_response()
+    Ok(Json(all).into_response())
 }
 
 /// Replays the whole log into a component that rebuilds itself from events:
 /// its `reset` drops its derived state and its inbox, and its positions go
 /// back to the start.
-async fn reset(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) -> Response {
+async fn reset(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let Some(settings) = runtime.config.components.get(&name) else {
-        return error(StatusCode::NOT_FOUND, "not-found", &format!("no component `{name}`"));
+        return Err(ApiError::NotFound(format!("no component `{name}`")));
     };
     let Some(loaded) = runtime.registry.get(&name) else {
-        return error(
-            StatusCode::CONFLICT,
-            "stopped",
-            &format!("component `{name}` is stopped; start it first"),
-        );
+        return Err(ApiError::Conflict {
+            code: "stopped",
+            message: format!("component `{name}` is stopped; start it first"),
+        });
     };
     if settings.subscribe.is_empty() {
-        return error(
-            StatusCode::CONFLICT,
-            "no-subscriptions",
-            &format!("component `{name}` subscribes to nothing"),
-        );
+        return Err(ApiError::Conflict {
+            code: "no-subscriptions",
+            message: format!("component `{name}` subscribes to nothing"),
+        });
     }
     // Dispatchers of this component pause at a batch boundary meanwhile.
     let _turn = loaded.slot.delivery.lock().await;
     match loaded.reset().await {
         Ok(Ok(())) => {}
-        Ok(Err(refusal)) => return error(StatusCode::CONFLICT, "cannot-reset", &refusal),
-        Err(err) => return internal(err),
+        Ok(Err(refusal)) => {
+            return Err(ApiError::Conflict {
+                code: "cannot-reset",
+                message: refusal,
+            });
+        }
+        Err(err) => return Err(ApiError::Internal(err)),
     }
-    if let Err(err) = runtime.rewind(&loaded).await {
-        return internal(err);
-    }
+    runtime.rewind(&loaded).await.map_err(ApiError::Internal)?;
     tracing::info!(component = %name, "subscriptions reset; replaying the log");
-    (
+    Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "component": name, "topics": settings.topics().collect::<Vec<_>>(), "replaying": true })),
     )
-        .into_response()
+        .into_response())
 }
 
-async fn dead_letters(State(runtime): State<Arc<Runtime>>) -> Response {
-    match runtime.bus.dead_letters().await {
-        Ok(letters) => Json(letters).into_response(),
-        Err(err) => internal(err),
-    }
+async fn dead_letters(State(runtime): State<Arc<Runtime>>) -> Result<Response, ApiError> {
+    let letters = runtime.bus.dead_letters().await.map_err(ApiError::Internal)?;
+    Ok(Json(letters).into_response())
 }
 
 /// Delivers a dead letter once more, now; on success it leaves the store.
-async fn replay(State(runtime): State<Arc<Runtime>>, Path(id): Path<String>) -> Response {
+async fn replay(State(runtime): State<Arc<Runtime>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let Ok(id) = id.parse::<i64>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid-request",
-            "a dead letter id is an integer",
-        );
+        return Err(ApiError::BadRequest("a dead letter id is an integer".into()));
     };
-    let letter = match runtime.bus.dead_letter(id).await {
-        Ok(Some(letter)) => letter,
-        Ok(None) => return error(StatusCode::NOT_FOUND, "not-found", &format!("no dead letter {id}")),
-        Err(err) => return internal(err),
-    };
+    let letter = runtime
+        .bus
+        .dead_letter(id)
+        .await
+        .map_err(ApiError::Internal)?
+        .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id}")))?;
     let Some(loaded) = runtime.registry.get(&letter.consumer) else {
-        let message = format!("component `{}` is stopped; start it first", letter.consumer);
-        return error(StatusCode::CONFLICT, "stopped", &message);
+        return Err(ApiError::Conflict {
+            code: "stopped",
+            message: format!("component `{}` is stopped; start it first", letter.consumer),
+        });
     };
-    match events::deliver_once(&loaded, &letter.event).await {
-        Ok(_) => {
-            if let Err(err) = runtime.bus.remove_dead_letter(id).await {
-                return internal(err);
-            }
-            tracing::info!(dead_letter = id, consumer = %letter.consumer, event = %letter.event.id, "dead letter replayed");
-            Json(serde_json::json!({ "id": id, "replayed": true })).into_response()
-        }
-        Err(err) => {
-            let message = format!("the event still fails: {err:#}");
-            error(StatusCode::CONFLICT, "replay-failed", &message)
-        }
+    if let Err(err) = events::deliver_once(&loaded, &letter.event).await {
+        return Err(ApiError::Conflict {
+            code: "replay-failed",
+            message: format!("the event still fails: {err:#}"),
+        });
     }
-}
-
-fn internal(err: anyhow::Error) -> Response {
-    tracing::error!(cause = %format!("{err:#}"), "admin request failed");
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "the host failed; see its log",
-    )
+    runtime.bus.remove_dead_letter(id).await.map_err(ApiError::Internal)?;
+    tracing::info!(dead_letter = id, consumer = %letter.consumer, event = %letter.event.id, "dead letter replayed");
+    Ok(Json(serde_json::json!({ "id": id, "replayed": true })).into_response())
 }
 
 async fn faults(State(runtime): State<Arc<Runtime>>) -> Response {
@@ -245,28 +221,30 @@ async fn faults(State(runtime): State<Arc<Runtime>>) -> Response {
 }
 
 /// `PUT /admin/faults/{component}` `{"delayMs":800,"jitterMs":220,"abortPercent":0}`.
-async fn set_fault(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>, body: axum::body::Bytes) -> Response {
+async fn set_fault(
+    State(runtime): State<Arc<Runtime>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
     if !runtime.config.components.contains_key(&name) {
-        return error(StatusCode::NOT_FOUND, "not-found", &format!("no component `{name}`"));
+        return Err(ApiError::NotFound(format!("no component `{name}`")));
     }
     let fault: Fault = match serde_json::from_slice(&body) {
         Ok(fault) => fault,
-        Err(err) => return error(StatusCode::BAD_REQUEST, "invalid-request", &err.to_string()),
+        Err(err) => return Err(ApiError::BadRequest(err.to_string())),
     };
-    if let Err(message) = fault.check() {
-        return error(StatusCode::BAD_REQUEST, "invalid-request", &message);
-    }
+    fault.check().map_err(ApiError::BadRequest)?;
     runtime.faults.set(&name, fault);
     tracing::warn!(component = %name, ?fault, "fault injected by operator");
-    Json(serde_json::json!({ "component": name, "fault": fault })).into_response()
+    Ok(Json(serde_json::json!({ "component": name, "fault": fault })).into_response())
 }
 
-async fn clear_fault(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) -> Response {
+async fn clear_fault(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     if !runtime.faults.clear(&name) {
-        return error(StatusCode::NOT_FOUND, "not-found", &format!("no fault on `{name}`"));
+        return Err(ApiError::NotFound(format!("no fault on `{name}`")));
     }
     tracing::info!(component = %name, "fault removed by operator");
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Every link with its policy and the state of its circuit.

@@ -30,6 +30,21 @@ pub enum ApiError {
     InsufficientStorage(String),
     #[error("component `{component}` failed")]
     ComponentFailed { component: String, cause: anyhow::Error },
+    /// The operator's API: a missing or wrong token.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The operator's API: no such component, dead letter or fault.
+    #[error("{0}")]
+    NotFound(String),
+    /// A new version refused by the readiness gate.
+    #[error("{0}")]
+    Refused(String),
+    /// The operator's request does not fit the present state.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// The host itself failed (the cause goes to the log).
+    #[error("the host failed; see its log")]
+    Internal(anyhow::Error),
 }
 
 impl ApiError {
@@ -45,21 +60,37 @@ impl ApiError {
             ApiError::Deadline(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded"),
             ApiError::InsufficientStorage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage"),
             ApiError::ComponentFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "component-failed"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            ApiError::Refused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "refused"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::ComponentFailed { component, cause } = &self {
-            tracing::error!(component = %component, cause = %format!("{cause:#}"), "component failed");
+        match &self {
+            ApiError::ComponentFailed { component, cause } => {
+                tracing::error!(component = %component, cause = %format!("{cause:#}"), "component failed");
+            }
+            ApiError::Internal(cause) => tracing::error!(cause = %format!("{cause:#}"), "the host failed"),
+            _ => {}
         }
         let (status, code) = self.status_and_code();
-        let body = Json(serde_json::json!({ "error": code, "message": self.to_string() }));
+        let mut response = json(status, code, &self.to_string());
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Tell the caller to come back shortly rather than wait.
-            return (status, [(header::RETRY_AFTER, "1")], body).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
-        (status, body).into_response()
+        response
     }
+}
+
+/// The one shape of every error answer: `{"error": code, "message": ...}`.
+pub fn json(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": code, "message": message }))).into_response()
 }

@@ -69,7 +69,7 @@ async fn json_errors(response: Response) -> Response {
         .unwrap_or("error")
         .to_ascii_lowercase()
         .replace(' ', "-");
-    let mut json = crate::http::admin::error(status, &code, &text);
+    let mut json = crate::http::error::json(status, &code, &text);
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             json.headers_mut().insert(name, value.clone());
