@@ -80,6 +80,11 @@ impl IntoResponse for ApiError {
         }
         let (status, code) = self.status_and_code();
         let mut response = json(status, code, &self.to_string());
+        match self {
+            ApiError::ComponentFailed { .. } => response.extensions_mut().insert(Failed::Trap),
+            ApiError::Deadline(_) => response.extensions_mut().insert(Failed::Deadline),
+            _ => None,
+        };
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Tell the caller to come back shortly rather than wait.
             response
@@ -88,6 +93,14 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Marks the answer of a guest that trapped or missed its deadline, for
+/// the metrics (see `router::observe`).
+#[derive(Debug, Clone, Copy)]
+pub enum Failed {
+    Trap,
+    Deadline,
 }
 
 /// The one shape of every error answer: `{"error": code, "message": ...}`.

@@ -5,10 +5,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::Router;
 use axum::body::{Body, HttpBody as _};
 use axum::extract::{Request, State};
+use axum::handler::Handler as _;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
@@ -17,7 +20,7 @@ use tracing::Instrument as _;
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, Failed};
 use crate::instance::memory::OverBudget;
 use crate::instance::slot::{DeadlineExceeded, Loaded};
 use crate::runtime::Runtime;
@@ -37,7 +40,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         // The host's own errors (axum's rejections: a bad path parameter, a
         // wrong method, a body over the limit) in the API's JSON shape.
         .route_layer(axum::middleware::map_response(json_errors))
-        .fallback(dispatch)
+        .fallback(dispatch.layer(middleware::from_fn_with_state(runtime.clone(), observe)))
         .with_state(runtime)
 }
 
@@ -86,46 +89,62 @@ async fn ready(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
     }
 }
 
-/// Every request for a component: gives it a request id (echoed in
-/// `x-request-id`), a span, and its metrics.
-async fn dispatch(State(runtime): State<Arc<Runtime>>, request: Request) -> Response {
+/// The request id of a request: the caller's `x-request-id` if it is sane,
+/// else a new one (see [`request_id`]).
+#[derive(Clone)]
+struct RequestId(String);
+
+/// Around every request for a component: a request id (echoed in
+/// `x-request-id`), a span, the request's metrics, and a count of the
+/// guests' traps and missed deadlines.
+async fn observe(State(runtime): State<Arc<Runtime>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let request_id = request_id(request.headers());
+    let id = request_id(request.headers());
     let component = runtime.config.route(request.uri().path()).unwrap_or("-").to_string();
     let span = tracing::info_span!(
-        "http", request_id = %request_id, component = %component,
+        "http", request_id = %id, component = %component,
         method = %request.method(), path = %request.uri().path()
     );
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).instrument(span.clone()).await;
+    if let Some(failed) = response.extensions().get::<Failed>() {
+        telemetry::record_trap(&component, matches!(failed, Failed::Deadline));
+    }
+    let status = response.status().as_u16();
+    telemetry::record_request(&component, status, started.elapsed());
+    span.in_scope(|| tracing::debug!(status, elapsed_us = started.elapsed().as_micros() as u64, "answered"));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Every request for a component, in a fresh instance of it.
+async fn dispatch(
+    State(runtime): State<Arc<Runtime>>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    request: Request,
+) -> Response {
     let result = if request.method().is_safe() {
-        route(&runtime, request, &request_id).instrument(span.clone()).await
+        route(&runtime, request, &request_id).await
     } else {
         // A request that may change state runs as a task of its own, so
         // that a client going away does not cut it short between two
         // commits (say, after payment approved and before order recorded
         // the order). Reads stay inline: a task costs GET /ping a quarter
         // of its throughput.
-        let (runtime, request_id) = (runtime.clone(), request_id.clone());
+        let component = runtime.config.route(request.uri().path()).unwrap_or("-").to_string();
         let invocation = async move { route(&runtime, request, &request_id).await };
-        tokio::spawn(invocation.instrument(span.clone()))
+        tokio::spawn(invocation.in_current_span())
             .await
             .unwrap_or_else(|panic| {
                 Err(ApiError::ComponentFailed {
-                    component: component.clone(),
+                    component,
                     cause: anyhow::anyhow!("the host failed while serving the request: {panic}"),
                 })
             })
     };
-    if let Err(ApiError::ComponentFailed { .. } | ApiError::Deadline(_)) = &result {
-        telemetry::record_trap(&component, matches!(result, Err(ApiError::Deadline(_))));
-    }
-    let mut response = span.in_scope(|| result.unwrap_or_else(IntoResponse::into_response));
-    let status = response.status().as_u16();
-    telemetry::record_request(&component, status, started.elapsed());
-    span.in_scope(|| tracing::debug!(status, elapsed_us = started.elapsed().as_micros() as u64, "answered"));
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    response
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn route(runtime: &Runtime, request: Request, request_id: &str) -> Result<Response, ApiError> {
