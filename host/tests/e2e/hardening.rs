@@ -560,3 +560,21 @@ async fn memory_is_budgeted_per_component_and_for_the_whole_host() -> anyhow::Re
     assert!(refused.iter().all(|(status, _)| *status == 503), "{refused:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn traps_and_missed_deadlines_are_counted_and_every_answer_has_a_request_id() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = start(dir.path(), "timeout_ms = 300", "")?;
+    let response = reqwest::get(format!("{}/hostile/trap", host.base)).await?;
+    assert_eq!(response.status(), 500);
+    assert!(response.headers().contains_key("x-request-id"));
+    let (status, _) = host.get("/hostile/loop").await?;
+    assert_eq!(status, 504);
+    let (_, metrics) = host.get("/metrics").await?;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    for kind in ["trap", "deadline"] {
+        let line = format!("rentcar_traps_total{{component=\"hostile\",kind=\"{kind}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+    Ok(())
+}
