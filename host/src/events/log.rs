@@ -35,8 +35,7 @@ pub struct Envelope {
 }
 
 /// An event a consumer could not apply within its attempts.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub id: i64,
     pub consumer: String,
@@ -47,23 +46,11 @@ pub struct DeadLetter {
     pub last_error: String,
     /// When it was dead-lettered, milliseconds since the Unix epoch.
     pub time: u64,
-    #[serde(serialize_with = "envelope_json")]
     pub event: Envelope,
 }
 
-fn envelope_json<S: serde::Serializer>(e: &Envelope, s: S) -> Result<S::Ok, S::Error> {
-    use serde::Serialize as _;
-    serde_json::json!({
-        "id": e.id, "topic": e.topic, "key": e.key, "type": e.event_type, "source": e.source,
-        "time": e.time, "schemaVersion": e.schema_version,
-        "payload": serde_json::from_str::<serde_json::Value>(&e.payload).unwrap_or(serde_json::Value::Null),
-    })
-    .serialize(s)
-}
-
 /// What the log holds of a topic, seen from one consumer.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy)]
 pub struct TopicStats {
     /// The topic's last position (0 when it never had an event).
     pub head: u64,

@@ -3,14 +3,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use serde::Serialize;
-
 /// What the admin API shows of a subscription besides its position.
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default)]
 pub struct SubscriptionStats {
     /// Where the dispatcher stands, ahead of the position it last saved.
-    #[serde(skip)]
     pub position: Option<u64>,
     pub delivered: u64,
     pub dead_lettered: u64,

@@ -24,9 +24,8 @@ struct Entry {
     running: bool,
 }
 
-/// A component as the admin API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+/// A component's state, for the admin API and the metrics.
+#[derive(Debug, Clone)]
 pub struct Status {
     pub name: String,
     pub state: &'static str,

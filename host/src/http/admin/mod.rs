@@ -3,6 +3,8 @@
 //! token coming from `RENTCAR_ADMIN_TOKEN` or `[admin] token`; without a
 //! configured token the admin API refuses everything.
 
+mod json;
+
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -13,11 +15,11 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
 use crate::calls::faults::Fault;
-use crate::events::log::TopicStats;
-use crate::events::{self, SubscriptionStats};
+use crate::events;
 use crate::http::error::ApiError;
 use crate::instance::registry::Status;
 use crate::runtime::{DeployError, Runtime};
+use json::{Component, DeadLetter, Subscription};
 
 pub fn router(runtime: Arc<Runtime>) -> Router<Arc<Runtime>> {
     Router::new()
@@ -63,8 +65,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Largest component a deploy may upload.
 const MAX_COMPONENT_BYTES: usize = 64 * 1024 * 1024;
 
-async fn components(State(runtime): State<Arc<Runtime>>) -> Json<Vec<Status>> {
-    Json(runtime.registry.statuses())
+async fn components(State(runtime): State<Arc<Runtime>>) -> Json<Vec<Component>> {
+    Json(runtime.registry.statuses().into_iter().map(Component::from).collect())
 }
 
 /// `PUT /admin/components/{name}` with the wasm as body: the readiness gate,
@@ -83,7 +85,7 @@ async fn rollback(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>)
 
 fn deployed(name: &str, result: Result<Status, DeployError>) -> Result<Response, ApiError> {
     match result {
-        Ok(status) => Ok(Json(status).into_response()),
+        Ok(status) => Ok(Json(Component::from(status)).into_response()),
         Err(DeployError::Unknown(_)) => Err(ApiError::NotFound(format!("no component `{name}`"))),
         Err(DeployError::Refused(reason)) => {
             tracing::warn!(component = name, reason = %format!("{reason:#}"), "new version refused");
@@ -105,39 +107,21 @@ fn set_running(runtime: &Runtime, name: &str, running: bool) -> Result<Response,
         return Err(ApiError::NotFound(format!("no component `{name}`")));
     }
     tracing::info!(component = %name, running, "component state changed by operator");
-    Ok(Json(runtime.registry.status(name)).into_response())
-}
-
-/// One subscription as `GET /admin/subscriptions` shows it.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Subscription {
-    consumer: String,
-    topic: String,
-    state: &'static str,
-    /// Everything up to here is delivered.
-    position: u64,
-    #[serde(flatten)]
-    log: TopicStats,
-    #[serde(flatten)]
-    stats: SubscriptionStats,
+    Ok(Json(runtime.registry.status(name).map(Component::from)).into_response())
 }
 
 async fn subscriptions(State(runtime): State<Arc<Runtime>>) -> Result<Response, ApiError> {
     let logs = runtime.subscription_logs().await.map_err(ApiError::Internal)?;
     let all: Vec<Subscription> = logs
         .into_iter()
-        .map(|sub| Subscription {
-            state: if runtime.registry.get(&sub.consumer).is_some() {
+        .map(|sub| {
+            let state = if runtime.registry.get(&sub.consumer).is_some() {
                 "running"
             } else {
                 "stopped"
-            },
-            stats: runtime.stats.get(&sub.consumer, &sub.topic),
-            consumer: sub.consumer,
-            topic: sub.topic,
-            position: sub.position,
-            log: sub.log,
+            };
+            let stats = runtime.stats.get(&sub.consumer, &sub.topic);
+            Subscription::new(sub.consumer, sub.topic, state, sub.position, sub.log, stats)
         })
         .collect();
     Ok(Json(all).into_response())
@@ -185,7 +169,7 @@ async fn reset(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) ->
 
 async fn dead_letters(State(runtime): State<Arc<Runtime>>) -> Result<Response, ApiError> {
     let letters = runtime.bus.dead_letters().await.map_err(ApiError::Internal)?;
-    Ok(Json(letters).into_response())
+    Ok(Json(letters.into_iter().map(DeadLetter::from).collect::<Vec<_>>()).into_response())
 }
 
 /// Delivers a dead letter once more, now; on success it leaves the store.
