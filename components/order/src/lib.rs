@@ -1,9 +1,11 @@
 //! The order bounded context (the core).
 //!
 //! `POST /orders` pays through a synchronous call to payment and records the
-//! order under its payment's id, in one invocation: if payment fails or
-//! cannot be reached the answer is 503 and nothing is recorded, so an order
-//! without a completed payment never exists. Rentcar's events then move the
+//! order under its payment's id, in one invocation: if payment cannot be
+//! reached the answer is 503 `payment-unavailable` (retry shortly), if it
+//! fails on its own 502 `payment-failed` (nothing was charged), and either
+//! way nothing is recorded, so an order without a completed payment never
+//! exists. Rentcar's events then move the
 //! order to `RESERVED` or `REJECTED`. `POST /orders/{id}/cancel` cancels the
 //! payment synchronously; rentcar releases the cars on `PaymentCancelled`.
 //!
@@ -287,6 +289,9 @@ impl From<CallError> for Error {
                 "payment-unavailable",
                 format!("payment is unavailable, retry shortly: {reason}"),
             ),
+            // Not worth retrying: payment itself is broken. Its call rolled
+            // back, so nothing was charged (or cancelled).
+            CallError::Failed(reason) => Error::refused(502, "payment-failed", format!("payment failed: {reason}")),
             CallError::NotFound => Error::conflict("the order's payment does not exist"),
             CallError::Conflict(reason) => Error::conflict(reason),
             CallError::Invalid(reason) => Error::bad_request(reason),
@@ -348,8 +353,8 @@ fn place(request: &Request, _: &Params) -> Result<Response, Error> {
     db::commit()?;
 
     let placed = pay_and_record(&new, customer, claim.as_ref());
-    // A placement that failed (payment refused or unreachable, or too
-    // late) gives its key up at once, so that a retry can go ahead.
+    // A placement that failed (payment refused, unreachable or failed, or
+    // too late) gives its key up at once, so that a retry can go ahead.
     // Committed here: a 5xx answer rolls back the rest. It wrote nothing
     // else. After an internal error the claim is left to expire.
     if let (Some(claim), Err(err)) = (&claim, &placed)

@@ -7,6 +7,10 @@
 //! (the host died between the two commits). HTTP: `GET /payments` and
 //! `GET /payments?orderId=..` (paginated: `?limit=`, `?after=`),
 //! `GET /payments/{id}`.
+//!
+//! Payment's own failures (its database refusing a statement, a publish
+//! refused) are `failed` to order, never `unavailable`: that case says the
+//! host could not reach payment, and a retry may succeed.
 
 #![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
@@ -147,7 +151,7 @@ impl payments::Guest for Payments {
 
 /// Payment's own failure, as order sees it.
 fn failed(err: impl Into<Error>) -> CallError {
-    CallError::Unavailable(err.into().to_string())
+    CallError::Failed(err.into().to_string())
 }
 
 /// The payment `payment_id`, if there is one (an id out of range has none).

@@ -40,14 +40,14 @@ fn broken(_: &Request, _: &Params) -> Result<Response, Error> {
 
 impl payments::Guest for Broken {
     fn approve(_car_id: u64, _qty: u32, _customer: String) -> Result<Payment, CallError> {
-        Err(CallError::Unavailable("broken".into()))
+        Err(CallError::Failed("broken".into()))
     }
 
     fn cancel(_payment_id: u64) -> Result<Payment, CallError> {
-        Err(CallError::Unavailable("broken".into()))
+        Err(CallError::Failed("broken".into()))
     }
 
     fn lookup(_payment_id: u64) -> Result<Payment, CallError> {
-        Err(CallError::Unavailable("broken".into()))
+        Err(CallError::Failed("broken".into()))
     }
 }
