@@ -73,6 +73,16 @@ fn build() -> anyhow::Result<()> {
     ensure_guest_target()?;
     let mut guests = cargo();
     guests.args(["build", "--release", "--target", GUEST_TARGET]);
+    // Whole-program optimization for the guests alone (the host would
+    // build for many minutes): a sixth less code for wasmtime to compile
+    // at a cold start (BENCHMARKS.md). Profile overrides per package
+    // cannot set `lto`, hence here.
+    guests.args([
+        "--config",
+        "profile.release.lto=true",
+        "--config",
+        "profile.release.codegen-units=1",
+    ]);
     for component in COMPONENTS {
         guests.args(["-p", component]);
     }
