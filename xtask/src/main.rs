@@ -2,7 +2,9 @@
 //!
 //! - `cargo xtask build`: the release host and every component (wasm32-wasip2).
 //! - `cargo xtask run`: builds, then serves `runtime.toml` on 127.0.0.1:8080
-//!   with data under `./data`.
+//!   with data under `./data` (`cargo xtask serve`: the same without the
+//!   build). The host replaces the xtask process (module [`serve`]), so a
+//!   SIGTERM to the process `cargo xtask run` started stops the host.
 //! - `cargo xtask test`: builds, then runs every test against the real host.
 //! - `cargo xtask bench`: builds, installs the load generator (oha) if
 //!   missing, and runs the load benchmark against the host, the native
@@ -14,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
+
+mod serve;
 
 /// The guest crates, each built into `target/wasm32-wasip2/release/NAME.wasm`:
 /// the four bounded contexts, and the components only the tests load.
@@ -29,16 +33,18 @@ const COMPONENTS: &[&str] = &[
 const GUEST_TARGET: &str = "wasm32-wasip2";
 
 fn main() -> anyhow::Result<()> {
+    // Before anything else: `serve` checks that this parent is still there
+    // when it hands over to the host.
+    let parent = serve::Parent::current();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (task, rest) = args.split_first().map_or(("help", &[][..]), |(t, r)| (t.as_str(), r));
     match task {
         "build" => build(),
         "run" => {
             build()?;
-            let mut serve = Command::new(root().join("target/release/rentcar-host"));
-            serve.args(["serve", "--config", "runtime.toml"]).args(rest);
-            run(&mut serve)
+            serve::exec(&root(), rest, &parent)
         }
+        "serve" => serve::exec(&root(), rest, &parent),
         "bench" => {
             build()?;
             run(cargo().args(["build", "--release", "-p", "native-baseline"]))?;
@@ -57,7 +63,7 @@ fn main() -> anyhow::Result<()> {
             run(cargo().args(["test", "--release"]).args(rest))
         }
         _ => {
-            eprintln!("usage: cargo xtask <build|run|test|bench> [args...]");
+            eprintln!("usage: cargo xtask <build|run|serve|test|bench> [args...]");
             Ok(())
         }
     }
@@ -67,6 +73,16 @@ fn build() -> anyhow::Result<()> {
     ensure_guest_target()?;
     let mut guests = cargo();
     guests.args(["build", "--release", "--target", GUEST_TARGET]);
+    // Whole-program optimization for the guests alone (the host would
+    // build for many minutes): a sixth less code for wasmtime to compile
+    // at a cold start (BENCHMARKS.md). Profile overrides per package
+    // cannot set `lto`, hence here.
+    guests.args([
+        "--config",
+        "profile.release.lto=true",
+        "--config",
+        "profile.release.codegen-units=1",
+    ]);
     for component in COMPONENTS {
         guests.args(["-p", component]);
     }

@@ -1,9 +1,11 @@
 //! The order bounded context (the core).
 //!
 //! `POST /orders` pays through a synchronous call to payment and records the
-//! order under its payment's id, in one invocation: if payment fails or
-//! cannot be reached the answer is 503 and nothing is recorded, so an order
-//! without a completed payment never exists. Rentcar's events then move the
+//! order under its payment's id, in one invocation: if payment cannot be
+//! reached the answer is 503 `payment-unavailable` (retry shortly), if it
+//! fails on its own 502 `payment-failed` (nothing was charged), and either
+//! way nothing is recorded, so an order without a completed payment never
+//! exists. Rentcar's events then move the
 //! order to `RESERVED` or `REJECTED`. `POST /orders/{id}/cancel` cancels the
 //! payment synchronously; rentcar releases the cars on `PaymentCancelled`.
 //!
@@ -40,22 +42,15 @@
 #![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
 use rentcar_sdk::db::{self, Row};
-use rentcar_sdk::{Error, Id, Page, Params, Request, Response, Router};
+use rentcar_sdk::events::publish;
+use rentcar_sdk::{Component, Envelope, Error, Events as _, Id, Page, Params, Request, Response, Router};
 use serde::{Deserialize, Serialize};
 
 wit_bindgen::generate!({
     path: "../../wit",
-    world: "rentcar:host/order",
-    with: {
-        "rentcar:host/sql@0.1.0": rentcar_sdk::bindings::rentcar::host::sql,
-        "rentcar:host/events@0.1.0": rentcar_sdk::bindings::rentcar::host::events,
-        "wasi:config/store@0.2.0-rc.1": rentcar_sdk::bindings::wasi::config::store,
-        "rentcar:payment/payments@0.1.0": generate,
-    },
+    world: "rentcar:payment/caller",
 });
 
-use exports::rentcar::host::event_handler::{self, Event};
-use exports::rentcar::host::lifecycle;
 use rentcar::payment::payments::{self, CallError, PaymentStatus};
 
 /// Where order publishes (`OrderAbandoned`).
@@ -73,117 +68,151 @@ const ABANDON_AFTER_MS: i64 = 5_000;
 /// a second's grace), so a claim that old belongs to a request that died.
 const CLAIM_EXPIRES_MS: i64 = 15_000;
 
-struct Component;
+struct Orders;
 
-impl lifecycle::Guest for Component {
-    fn init() -> Result<(), String> {
-        db::migrate(&[
-            "CREATE TABLE orders (
-                id INTEGER PRIMARY KEY,
-                car_id INTEGER NOT NULL,
-                qty INTEGER NOT NULL,
-                customer TEXT NOT NULL,
-                status TEXT NOT NULL,
-                payment_id INTEGER NOT NULL,
-                idempotency_key TEXT UNIQUE
-            )",
-            // Payments given up for abandoned: no order may take their id.
-            "CREATE TABLE abandoned (id INTEGER PRIMARY KEY)",
-            // Keys are unique among the orders that have one; orders without
-            // (most) no longer write an index entry each.
-            "CREATE TABLE orders_keyed (
-                id INTEGER PRIMARY KEY,
-                car_id INTEGER NOT NULL,
-                qty INTEGER NOT NULL,
-                customer TEXT NOT NULL,
-                status TEXT NOT NULL,
-                payment_id INTEGER NOT NULL,
-                idempotency_key TEXT
-            )",
-            "INSERT INTO orders_keyed SELECT id, car_id, qty, customer, status, payment_id, idempotency_key FROM orders",
-            "DROP TABLE orders",
-            "ALTER TABLE orders_keyed RENAME TO orders",
-            "CREATE UNIQUE INDEX orders_by_idempotency_key ON orders (idempotency_key) WHERE idempotency_key IS NOT NULL",
-            // Idempotency-Keys held by a `POST /orders` while it pays, with
-            // what it orders (a duplicate for something else is 422) and
-            // when it claimed the key (ms since the Unix epoch).
-            "CREATE TABLE placing (
-                idempotency_key TEXT PRIMARY KEY,
-                car_id INTEGER NOT NULL,
-                qty INTEGER NOT NULL,
-                customer TEXT NOT NULL,
-                claimed_at INTEGER NOT NULL
-            )",
-        ])
-        .map_err(|err| err.to_string())
+impl Component for Orders {
+    const MIGRATIONS: &'static [&'static str] = &[
+        "CREATE TABLE orders (
+            id INTEGER PRIMARY KEY,
+            car_id INTEGER NOT NULL,
+            qty INTEGER NOT NULL,
+            customer TEXT NOT NULL,
+            status TEXT NOT NULL,
+            payment_id INTEGER NOT NULL,
+            idempotency_key TEXT UNIQUE
+        )",
+        // Payments given up for abandoned: no order may take their id.
+        "CREATE TABLE abandoned (id INTEGER PRIMARY KEY)",
+        // Keys are unique among the orders that have one; orders without
+        // (most) no longer write an index entry each.
+        "CREATE TABLE orders_keyed (
+            id INTEGER PRIMARY KEY,
+            car_id INTEGER NOT NULL,
+            qty INTEGER NOT NULL,
+            customer TEXT NOT NULL,
+            status TEXT NOT NULL,
+            payment_id INTEGER NOT NULL,
+            idempotency_key TEXT
+        )",
+        "INSERT INTO orders_keyed SELECT id, car_id, qty, customer, status, payment_id, idempotency_key FROM orders",
+        "DROP TABLE orders",
+        "ALTER TABLE orders_keyed RENAME TO orders",
+        "CREATE UNIQUE INDEX orders_by_idempotency_key ON orders (idempotency_key) WHERE idempotency_key IS NOT NULL",
+        // Idempotency-Keys held by a `POST /orders` while it pays, with
+        // what it orders (a duplicate for something else is 422) and
+        // when it claimed the key (ms since the Unix epoch).
+        "CREATE TABLE placing (
+            idempotency_key TEXT PRIMARY KEY,
+            car_id INTEGER NOT NULL,
+            qty INTEGER NOT NULL,
+            customer TEXT NOT NULL,
+            claimed_at INTEGER NOT NULL
+        )",
+    ];
+
+    fn routes() -> Router {
+        Router::new()
+            .post("/orders", place)
+            .get("/orders", list)
+            .get("/orders/:id", get)
+            .post("/orders/:id/cancel", cancel)
+            .get("/orders/:id/payment", payment_of)
     }
 
-    fn reset() -> Result<(), String> {
-        Err("orders are the source of truth, not built from events".into())
+    fn on_event(event: &Envelope) -> Result<(), Error> {
+        match Heard::read(event)? {
+            // Only a paid order moves on; one cancelled meanwhile stays so.
+            Some(Heard::CarReserved(order)) => set_status(event, &order, "RESERVED", &["PAID"]),
+            Some(Heard::ReservationRejected(order)) => set_status(event, &order, "REJECTED", &["PAID"]),
+            // A cancel that died between payment's commit and its own. The
+            // order may have been rejected meanwhile: its payment, cancelled
+            // instead of refunded, makes it cancelled all the same.
+            Some(Heard::PaymentCancelled(order)) => {
+                set_status(event, &order, "CANCELLED", &["PAID", "RESERVED", "REJECTED"])
+            }
+            Some(Heard::PaymentApproved(order)) => abandon_if_missing(event, &order),
+            // The subscriptions list the types above; nothing else is ours.
+            None => Ok(()),
+        }
+    }
+
+    fn reset() -> Result<(), Error> {
+        Err(Error::internal("orders are the source of truth, not built from events"))
     }
 }
+
+rentcar_sdk::export!(Orders);
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Order {
-    id: i64,
-    car_id: i64,
-    qty: i64,
+    id: Id,
+    car_id: Id,
+    qty: u32,
     customer: String,
     status: String,
-    payment_id: i64,
+    payment_id: Id,
 }
 
 const SELECT: &str = "SELECT id, car_id, qty, customer, status, payment_id FROM orders";
 
-fn from_row(row: Row) -> Order {
-    Order {
-        id: row.int(0),
-        car_id: row.int(1),
-        qty: row.int(2),
-        customer: row.text(3),
-        status: row.text(4),
-        payment_id: row.int(5),
+fn from_row(row: &Row) -> Result<Order, Error> {
+    Ok(Order {
+        id: row.get(0)?,
+        car_id: row.get(1)?,
+        qty: row.get(2)?,
+        customer: row.text(3)?,
+        status: row.text(4)?,
+        payment_id: row.get(5)?,
+    })
+}
+
+fn find(order_id: Id) -> Result<Option<Order>, Error> {
+    db::query_row(&format!("{SELECT} WHERE id = ?"), &[order_id.into()])?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
+rentcar_sdk::events! {
+    /// What order hears: rentcar's reservations, payment's approvals and
+    /// cancels.
+    enum Heard {
+        CarReserved(OrderEvent),
+        ReservationRejected(OrderEvent),
+        PaymentApproved(OrderEvent),
+        PaymentCancelled(OrderEvent),
     }
 }
 
-fn find(order_id: impl Into<db::Value>) -> Result<Option<Order>, db::Error> {
-    Ok(db::query_row(&format!("{SELECT} WHERE id = ?"), &[order_id.into()])?.map(from_row))
+rentcar_sdk::events! {
+    /// What order publishes on the `order` topic.
+    enum Published {
+        OrderAbandoned(Abandoned),
+    }
 }
 
 /// The part of rentcar's and payment's events an order needs. Payment
 /// events carry the payment's `id`, rentcar's its `paymentId`.
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct OrderEvent {
-    order_id: u64,
+    order_id: Id,
     #[serde(alias = "id")]
-    payment_id: u64,
+    payment_id: Id,
 }
 
-impl event_handler::Guest for Component {
-    fn handle(event: Event) -> Result<(), String> {
-        let parse = || -> Result<OrderEvent, String> {
-            serde_json::from_str(&event.payload).map_err(|err| format!("bad {} payload: {err}", event.event_type))
-        };
-        let result = match event.event_type.as_str() {
-            // Only a paid order moves on; one cancelled meanwhile stays so.
-            "CarReserved" => set_status(&event, parse()?, "RESERVED", &["PAID"]),
-            "ReservationRejected" => set_status(&event, parse()?, "REJECTED", &["PAID"]),
-            // A cancel that died between payment's commit and its own. The
-            // order may have been rejected meanwhile: its payment, cancelled
-            // instead of refunded, makes it cancelled all the same.
-            "PaymentCancelled" => set_status(&event, parse()?, "CANCELLED", &["PAID", "RESERVED", "REJECTED"]),
-            "PaymentApproved" => abandon_if_missing(&event, parse()?),
-            _ => Ok(()),
-        };
-        result.map_err(|err| err.to_string())
-    }
+/// A payment approved for an order that was never placed: payment refunds.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Abandoned {
+    order_id: Id,
+    payment_id: Id,
 }
 
 /// Whether an order missing now may still be placed by a `POST /orders` in
 /// flight: its payment was approved less than `abandon_after_ms` ago.
-fn may_be_in_flight(event: &Event) -> bool {
+fn may_be_in_flight(event: &Envelope) -> bool {
     let approved = i64::try_from(event.time).unwrap_or(i64::MAX);
     now_ms().saturating_sub(approved) < config_ms("abandon_after_ms", ABANDON_AFTER_MS)
 }
@@ -205,11 +234,11 @@ fn now_ms() -> i64 {
 }
 
 /// The error that makes the host deliver the event again later.
-fn not_placed_yet(event: &OrderEvent) -> db::Error {
-    db::Error::Other(format!("order {} is not placed yet; checking again", event.order_id))
+fn not_placed_yet(event: &OrderEvent) -> Error {
+    Error::internal(format!("order {} is not placed yet; checking again", event.order_id))
 }
 
-fn set_status(event: &Event, order: OrderEvent, status: &str, from: &[&str]) -> Result<(), db::Error> {
+fn set_status(event: &Envelope, order: &OrderEvent, status: &str, from: &[&str]) -> Result<(), Error> {
     let mut changed = 0;
     for current in from {
         changed += db::execute(
@@ -224,16 +253,16 @@ fn set_status(event: &Event, order: OrderEvent, status: &str, from: &[&str]) -> 
         .rows_affected;
     }
     if changed == 0 && find(order.order_id)?.is_none() && !is_abandoned(order.order_id)? && may_be_in_flight(event) {
-        return Err(not_placed_yet(&order));
+        return Err(not_placed_yet(order));
     }
     Ok(())
 }
 
-fn is_abandoned(order_id: u64) -> Result<bool, db::Error> {
+fn is_abandoned(order_id: Id) -> Result<bool, Error> {
     Ok(db::query_row("SELECT 1 FROM abandoned WHERE id = ?", &[order_id.into()])?.is_some())
 }
 
-fn abandon_if_missing(event: &Event, order: OrderEvent) -> Result<(), db::Error> {
+fn abandon_if_missing(event: &Envelope, order: &OrderEvent) -> Result<(), Error> {
     let exists = db::query_row(
         "SELECT 1 FROM orders WHERE id = ? AND payment_id = ?",
         &[order.order_id.into(), order.payment_id.into()],
@@ -242,40 +271,48 @@ fn abandon_if_missing(event: &Event, order: OrderEvent) -> Result<(), db::Error>
         return Ok(());
     }
     if may_be_in_flight(event) {
-        return Err(not_placed_yet(&order));
+        return Err(not_placed_yet(order));
     }
     db::execute("INSERT INTO abandoned (id) VALUES (?)", &[order.order_id.into()])?;
-    let payload = serde_json::json!({ "orderId": order.order_id, "paymentId": order.payment_id });
-    rentcar_sdk::publish(TOPIC, &order.order_id.to_string(), "OrderAbandoned", &payload).map_err(db::Error::Other)?;
-    Ok(())
+    let abandoned = Abandoned {
+        order_id: order.order_id,
+        payment_id: order.payment_id,
+    };
+    publish(TOPIC, order.order_id, &Published::OrderAbandoned(abandoned))
 }
 
-impl wasip2::exports::http::incoming_handler::Guest for Component {
-    fn handle(request: wasip2::http::types::IncomingRequest, out: wasip2::http::types::ResponseOutparam) {
-        rentcar_sdk::serve(request, out, |request| {
-            Router::new()
-                .post("/orders", place)
-                .get("/orders", list)
-                .get("/orders/:id", get)
-                .post("/orders/:id/cancel", cancel)
-                .get("/orders/:id/payment", payment_of)
-                .handle(&request)
-        });
+/// What a failed call to payment means for the client.
+impl From<CallError> for Error {
+    fn from(err: CallError) -> Error {
+        match err {
+            CallError::Unavailable(reason) => Error::unavailable(
+                "payment-unavailable",
+                format!("payment is unavailable, retry shortly: {reason}"),
+            ),
+            // Not worth retrying: payment itself is broken. Its call rolled
+            // back, so nothing was charged (or cancelled).
+            CallError::Failed(reason) => Error::refused(502, "payment-failed", format!("payment failed: {reason}")),
+            CallError::NotFound => Error::conflict("the order's payment does not exist"),
+            CallError::Conflict(reason) => Error::conflict(reason),
+            CallError::Invalid(reason) => Error::bad_request(reason),
+        }
     }
 }
 
 fn list(request: &Request, _: &Params) -> Result<Response, Error> {
     let page = Page::from_request(request)?;
     let rows = db::query(&format!("{SELECT} WHERE id > ? ORDER BY id LIMIT ?"), &page.params())?;
-    Ok(page.answer(rows.into_iter().map(from_row).collect(), |order| order.id))
+    let orders = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    Ok(page.answer(orders, |order| order.id.get()))
 }
 
 fn get(_: &Request, params: &Params) -> Result<Response, Error> {
-    let id = params.id("id");
-    Ok(match find(id)? {
-        Some(order) => Response::json(200, &order),
-        None => Response::not_found(&format!("no order {id}")),
-    })
+    Ok(Response::json(200, &existing(params.id("id"))?))
+}
+
+/// The order `id`, or 404.
+fn existing(id: Id) -> Result<Order, Error> {
+    find(id)?.ok_or_else(|| Error::not_found(format!("no order {id}")))
 }
 
 #[derive(Deserialize)]
@@ -290,23 +327,24 @@ fn place(request: &Request, _: &Params) -> Result<Response, Error> {
     let new: NewOrder = request.json()?;
     let customer = new.customer.trim();
     if new.qty == 0 || new.qty > MAX_QTY {
-        return Ok(Response::bad_request(&format!("qty must be between 1 and {MAX_QTY}")));
+        return Err(Error::bad_request(format!("qty must be between 1 and {MAX_QTY}")));
     }
     if customer.is_empty() || customer.chars().count() > MAX_CHARS {
-        return Ok(Response::bad_request(&format!(
+        return Err(Error::bad_request(format!(
             "customer must be 1 to {MAX_CHARS} characters"
         )));
     }
     let key = request.header("idempotency-key")?.map(str::trim);
     if key.is_some_and(|key| key.is_empty() || key.chars().count() > MAX_CHARS) {
-        return Ok(Response::bad_request(&format!(
+        return Err(Error::bad_request(format!(
             "Idempotency-Key must be 1 to {MAX_CHARS} characters"
         )));
     }
     let claim = match key {
         Some(key) => match claim(key, &new, customer)? {
             Claimed::Ours(claim) => Some(claim),
-            Claimed::Answered(answer) => return Ok(answer),
+            // A retry of a request that placed its order: its result.
+            Claimed::Placed(earlier) => return Ok(Response::json(201, &earlier)),
         },
         None => None,
     };
@@ -315,43 +353,48 @@ fn place(request: &Request, _: &Params) -> Result<Response, Error> {
     db::commit()?;
 
     let placed = pay_and_record(&new, customer, claim.as_ref());
-    // A placement that failed (payment refused or unreachable, or too
-    // late) gives its key up at once, so that a retry can go ahead.
+    // A placement that failed (payment refused, unreachable or failed, or
+    // too late) gives its key up at once, so that a retry can go ahead.
     // Committed here: a 5xx answer rolls back the rest. It wrote nothing
     // else. After an internal error the claim is left to expire.
-    if let (Some(claim), Ok(response)) = (&claim, &placed)
-        && response.status != 201
+    if let (Some(claim), Err(err)) = (&claim, &placed)
+        && !err.is_internal()
     {
         claim.release()?;
         db::commit()?;
     }
-    placed
+    Ok(Response::json(201, &placed?))
 }
 
 /// Pays for `new` and records it under the payment's id; gives up the
 /// key's claim in the same transaction.
-fn pay_and_record(new: &NewOrder, customer: &str, claim: Option<&Claim>) -> Result<Response, Error> {
-    let payment = match payments::approve(new.car_id.unsigned(), new.qty, customer) {
-        Ok(payment) => payment,
-        Err(err) => return Ok(payment_failure(err)),
+fn pay_and_record(new: &NewOrder, customer: &str, claim: Option<&Claim>) -> Result<Order, Error> {
+    let payment = payments::approve(new.car_id.unsigned(), new.qty, customer)?;
+    let (order_id, payment_id) = match (Id::from_unsigned(payment.order_id), Id::from_unsigned(payment.id)) {
+        (Some(order_id), Some(payment_id)) => (order_id, payment_id),
+        _ => {
+            return Err(Error::internal(format!(
+                "payment answered with ids out of range: {payment:?}"
+            )));
+        }
     };
     let inserted = db::execute(
         "INSERT INTO orders (id, car_id, qty, customer, status, payment_id, idempotency_key)
          SELECT ?, ?, ?, ?, 'PAID', ?, ? WHERE NOT EXISTS (SELECT 1 FROM abandoned WHERE id = ?)",
         &[
-            payment.order_id.into(),
+            order_id.into(),
             new.car_id.into(),
             new.qty.into(),
             customer.into(),
-            payment.id.into(),
-            claim.map_or(db::Value::Null, |claim| claim.key.as_str().into()),
-            payment.order_id.into(),
+            payment_id.into(),
+            claim.map(|claim| claim.key.as_str()).into(),
+            order_id.into(),
         ],
     );
     match inserted {
         Ok(changes) if changes.rows_affected == 1 => {}
         Ok(_) => {
-            return Ok(Response::unavailable(
+            return Err(Error::unavailable(
                 "payment-unconfirmed",
                 "the payment was not confirmed in time and is refunded; retry",
             ));
@@ -360,22 +403,21 @@ fn pay_and_record(new: &NewOrder, customer: &str, claim: Option<&Claim>) -> Resu
         // outlived order's deadline, which the host does not allow) and a
         // later request with the key placed its order: answer with that
         // order; this payment is refunded as abandoned.
-        Err(db::Error::Constraint(_)) if claim.is_some() => {
-            if let Some(claim) = claim
-                && let Some(earlier) = placed_with(&claim.key, new, customer)?
-            {
-                claim.release()?;
-                return Ok(earlier);
-            }
-            return Err(Error::Internal("idempotency key conflict without an order".into()));
+        Err(db::Error::Constraint(reason)) => {
+            let Some(claim) = claim else {
+                return Err(Error::internal(reason));
+            };
+            let earlier = placed_with(&claim.key, new, customer)?
+                .ok_or_else(|| Error::internal("idempotency key conflict without an order"))?;
+            claim.release()?;
+            return Ok(earlier);
         }
         Err(err) => return Err(err.into()),
     }
     if let Some(claim) = claim {
         claim.release()?;
     }
-    let order = find(payment.order_id)?.ok_or_else(|| Error::Internal("order vanished".into()))?;
-    Ok(Response::json(201, &order))
+    find(order_id)?.ok_or_else(|| Error::internal("order vanished"))
 }
 
 /// A `POST /orders` holds its Idempotency-Key in `placing` while it pays, so
@@ -389,7 +431,7 @@ struct Claim {
 
 impl Claim {
     /// Gives the key up, unless another request has taken it over since.
-    fn release(&self) -> Result<(), db::Error> {
+    fn release(&self) -> Result<(), Error> {
         db::execute(
             "DELETE FROM placing WHERE idempotency_key = ? AND claimed_at = ?",
             &[self.key.as_str().into(), self.at.into()],
@@ -400,16 +442,16 @@ impl Claim {
 
 enum Claimed {
     Ours(Claim),
-    /// The order placed earlier with this key (201), the key taken by a
-    /// placement in flight (409), or used for another order (422).
-    Answered(Response),
+    /// The order placed earlier with this key.
+    Placed(Order),
 }
 
 /// Claims `key` for a new placement, unless an order with it exists or
-/// another placement holds it and has not expired.
+/// another placement holds it and has not expired (409), or it was used
+/// for another order (422).
 fn claim(key: &str, new: &NewOrder, customer: &str) -> Result<Claimed, Error> {
     if let Some(earlier) = placed_with(key, new, customer)? {
-        return Ok(Claimed::Answered(earlier));
+        return Ok(Claimed::Placed(earlier));
     }
     let at = now_ms();
     let expired = at.saturating_sub(config_ms("claim_expires_ms", CLAIM_EXPIRES_MS));
@@ -434,36 +476,34 @@ fn claim(key: &str, new: &NewOrder, customer: &str) -> Result<Claimed, Error> {
         "SELECT car_id, qty, customer FROM placing WHERE idempotency_key = ?",
         &[key.into()],
     )?
-    .ok_or_else(|| Error::Internal("a claim neither taken nor held".into()))?;
-    let same = holder.int(0) == new.car_id.get() && holder.int(1) == i64::from(new.qty) && holder.text(2) == customer;
+    .ok_or_else(|| Error::internal("a claim neither taken nor held"))?;
+    let same = holder.get::<Id>(0)? == new.car_id && holder.get::<u32>(1)? == new.qty && holder.text(2)? == customer;
     if !same {
-        return Ok(Claimed::Answered(key_reused()));
+        return Err(key_reused());
     }
-    let mut busy = Response::error(
+    Err(Error::refused(
         409,
         "order-in-progress",
         "an order with this Idempotency-Key is being placed; retry shortly for its result",
-    );
-    busy.headers.push(("retry-after".into(), "1".into()));
-    Ok(Claimed::Answered(busy))
+    )
+    .retry_after(1))
 }
 
-/// The answer for an order placed earlier with the same Idempotency-Key:
-/// that order, or 422 if it was for something else.
-fn placed_with(key: &str, new: &NewOrder, customer: &str) -> Result<Option<Response>, db::Error> {
-    let earlier = db::query_row(&format!("{SELECT} WHERE idempotency_key = ?"), &[key.into()])?;
-    Ok(earlier.map(from_row).map(|order| {
-        let same = order.car_id == new.car_id.get() && order.qty == i64::from(new.qty) && order.customer == customer;
-        if same {
-            Response::json(201, &order)
-        } else {
-            key_reused()
-        }
-    }))
+/// The order placed earlier with the same Idempotency-Key, if any; 422 if
+/// it was for something else.
+fn placed_with(key: &str, new: &NewOrder, customer: &str) -> Result<Option<Order>, Error> {
+    let Some(row) = db::query_row(&format!("{SELECT} WHERE idempotency_key = ?"), &[key.into()])? else {
+        return Ok(None);
+    };
+    let order = from_row(&row)?;
+    if order.car_id != new.car_id || order.qty != new.qty || order.customer != customer {
+        return Err(key_reused());
+    }
+    Ok(Some(order))
 }
 
-fn key_reused() -> Response {
-    Response::error(
+fn key_reused() -> Error {
+    Error::refused(
         422,
         "idempotency-key-reused",
         "this Idempotency-Key was used for a different order",
@@ -475,18 +515,14 @@ fn key_reused() -> Response {
 /// order's database while payment works (crate docs).
 fn cancel(_: &Request, params: &Params) -> Result<Response, Error> {
     let id = params.id("id");
-    let Some(order) = find(id)? else {
-        return Ok(Response::not_found(&format!("no order {id}")));
-    };
+    let order = existing(id)?;
     if !matches!(order.status.as_str(), "PAID" | "RESERVED") {
-        return Ok(Response::conflict(&format!("order {id} is {}", order.status)));
+        return Err(Error::conflict(format!("order {id} is {}", order.status)));
     }
     db::commit()?;
     // A second cancel racing this one is refused by payment (the payment
     // is cancelled already): 409.
-    if let Err(err) = payments::cancel(payment_id(&order)?) {
-        return Ok(payment_failure(err));
-    }
+    payments::cancel(order.payment_id.unsigned())?;
     // Rentcar may have rejected the order meanwhile; its payment, cancelled
     // now, is not refunded, so the order is cancelled all the same. Applied
     // by `PaymentCancelled` already, it changes nothing.
@@ -494,51 +530,26 @@ fn cancel(_: &Request, params: &Params) -> Result<Response, Error> {
         "UPDATE orders SET status = 'CANCELLED' WHERE id = ? AND status IN ('PAID', 'RESERVED', 'REJECTED')",
         &[id.into()],
     )?;
-    let order = find(id)?.ok_or_else(|| Error::Internal("order vanished".into()))?;
+    let order = find(id)?.ok_or_else(|| Error::internal("order vanished"))?;
     Ok(Response::json(200, &order))
 }
 
 /// The order's payment, asked of payment synchronously (`lookup` is
 /// idempotent, so the link may retry it).
 fn payment_of(_: &Request, params: &Params) -> Result<Response, Error> {
-    let id = params.id("id");
-    let Some(order) = find(id)? else {
-        return Ok(Response::not_found(&format!("no order {id}")));
-    };
+    let order = existing(params.id("id"))?;
     db::commit()?;
-    Ok(match payments::lookup(payment_id(&order)?) {
-        Ok(payment) => Response::json(
-            200,
-            &serde_json::json!({
-                "id": payment.id,
-                "orderId": payment.order_id,
-                "status": match payment.status {
-                    PaymentStatus::Approved => "APPROVED",
-                    PaymentStatus::Cancelled => "CANCELLED",
-                    PaymentStatus::Refunded => "REFUNDED",
-                },
-            }),
-        ),
-        Err(err) => payment_failure(err),
-    })
+    let payment = payments::lookup(order.payment_id.unsigned())?;
+    Ok(Response::json(
+        200,
+        &serde_json::json!({
+            "id": payment.id,
+            "orderId": payment.order_id,
+            "status": match payment.status {
+                PaymentStatus::Approved => "APPROVED",
+                PaymentStatus::Cancelled => "CANCELLED",
+                PaymentStatus::Refunded => "REFUNDED",
+            },
+        }),
+    ))
 }
-
-/// The order's payment id as payment's interface takes it.
-fn payment_id(order: &Order) -> Result<u64, Error> {
-    u64::try_from(order.payment_id).map_err(|_| Error::Internal(format!("order {} has no valid payment id", order.id)))
-}
-
-fn payment_failure(err: CallError) -> Response {
-    match err {
-        CallError::Unavailable(reason) => Response::unavailable(
-            "payment-unavailable",
-            &format!("payment is unavailable, retry shortly: {reason}"),
-        ),
-        CallError::NotFound => Response::error(409, "conflict", "the order's payment does not exist"),
-        CallError::Conflict(reason) => Response::conflict(&reason),
-        CallError::Invalid(reason) => Response::bad_request(&reason),
-    }
-}
-
-export!(Component);
-wasip2::http::proxy::export!(Component);

@@ -7,65 +7,99 @@
 //! (the host died between the two commits). HTTP: `GET /payments` and
 //! `GET /payments?orderId=..` (paginated: `?limit=`, `?after=`),
 //! `GET /payments/{id}`.
+//!
+//! Payment's own failures (its database refusing a statement, a publish
+//! refused) are `failed` to order, never `unavailable`: that case says the
+//! host could not reach payment, and a retry may succeed.
 
 #![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
 use rentcar_sdk::db::{self, Row};
-use rentcar_sdk::{Error, Id, Page, Params, Request, Response, Router, publish};
+use rentcar_sdk::events::publish;
+use rentcar_sdk::{Component, Envelope, Error, Events as _, Id, Page, Params, Request, Response, Router};
 use serde::{Deserialize, Serialize};
 
 wit_bindgen::generate!({
     path: "../../wit",
-    world: "rentcar:host/payment",
-    with: {
-        "rentcar:host/sql@0.1.0": rentcar_sdk::bindings::rentcar::host::sql,
-        "rentcar:host/events@0.1.0": rentcar_sdk::bindings::rentcar::host::events,
-        "wasi:config/store@0.2.0-rc.1": rentcar_sdk::bindings::wasi::config::store,
-    },
+    world: "rentcar:payment/callee",
 });
 
-use exports::rentcar::host::event_handler::{self, Event};
-use exports::rentcar::host::lifecycle;
 use exports::rentcar::payment::payments::{self, CallError, Payment, PaymentStatus};
 
 const TOPIC: &str = "payment";
 
-struct Component;
+struct Payments;
 
-impl lifecycle::Guest for Component {
-    fn reset() -> Result<(), String> {
-        Err("payments are the source of truth, not built from events".into())
+impl Component for Payments {
+    const MIGRATIONS: &'static [&'static str] = &[
+        "CREATE TABLE payments (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            order_id INTEGER NOT NULL,
+            car_id INTEGER NOT NULL,
+            qty INTEGER NOT NULL,
+            customer TEXT NOT NULL,
+            status TEXT NOT NULL
+        )",
+        "CREATE INDEX payments_by_order ON payments (order_id)",
+    ];
+
+    fn routes() -> Router {
+        Router::new().get("/payments", list).get("/payments/:id", get)
     }
 
-    fn init() -> Result<(), String> {
-        db::migrate(&[
-            "CREATE TABLE payments (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                order_id INTEGER NOT NULL,
-                car_id INTEGER NOT NULL,
-                qty INTEGER NOT NULL,
-                customer TEXT NOT NULL,
-                status TEXT NOT NULL
-            )",
-            "CREATE INDEX payments_by_order ON payments (order_id)",
-        ])
-        .map_err(|err| err.to_string())
+    /// Rentcar's `ReservationRejected` or order's `OrderAbandoned`: either
+    /// way the payment is not for a valid order any more.
+    fn on_event(event: &Envelope) -> Result<(), Error> {
+        match Heard::read(event)? {
+            Some(Heard::ReservationRejected(gone) | Heard::OrderAbandoned(gone)) => refund(gone.payment_id),
+            // Rentcar's other events, and order's other types, if any.
+            None => Ok(()),
+        }
+    }
+
+    fn reset() -> Result<(), Error> {
+        Err(Error::internal(
+            "payments are the source of truth, not built from events",
+        ))
     }
 }
 
-impl payments::Guest for Component {
+rentcar_sdk::export!(Payments);
+export!(Payments);
+
+rentcar_sdk::events! {
+    /// What payment hears on the `rentcar` and `order` topics.
+    enum Heard {
+        ReservationRejected(Refund),
+        OrderAbandoned(Refund),
+    }
+}
+
+rentcar_sdk::events! {
+    /// What payment publishes on the `payment` topic.
+    enum Published {
+        PaymentApproved(PaymentJson),
+        PaymentCancelled(PaymentJson),
+        PaymentRefunded(PaymentJson),
+    }
+}
+
+/// The part of a `ReservationRejected` or `OrderAbandoned` payment needs.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Refund {
+    payment_id: Id,
+}
+
+impl payments::Guest for Payments {
     fn approve(car_id: u64, qty: u32, customer: String) -> Result<Payment, CallError> {
         if qty == 0 {
             return Err(CallError::Invalid("qty must be at least 1".into()));
         }
         // Stored as SQLite's signed integer: beyond, it would read back as
         // another (negative) id.
-        if Id::new(i64::try_from(car_id).unwrap_or(0)).is_none() {
-            return Err(CallError::Invalid(format!(
-                "carId must be {}",
-                rentcar_sdk::id::EXPECTED
-            )));
-        }
+        let car_id = Id::from_unsigned(car_id)
+            .ok_or_else(|| CallError::Invalid(format!("carId must be {}", rentcar_sdk::id::EXPECTED)))?;
         // The order takes the payment's id. It is the id AUTOINCREMENT would
         // pick (one past the table's sequence; the invocation holds the
         // database), written with the row so that the index gets one entry
@@ -77,17 +111,22 @@ impl payments::Guest for Component {
              FROM (SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'payments'), 0) + 1 AS next)",
             &[car_id.into(), qty.into(), customer.as_str().into()],
         )
-        .map_err(internal)?;
-        let id = changes.last_insert_id as u64;
+        .map_err(failed)?;
+        let id = Id::new(changes.last_insert_id).ok_or_else(|| {
+            failed(Error::internal(format!(
+                "payment inserted as id {}",
+                changes.last_insert_id
+            )))
+        })?;
         let payment = Payment {
-            id,
-            order_id: id,
-            car_id,
+            id: id.unsigned(),
+            order_id: id.unsigned(),
+            car_id: car_id.unsigned(),
             qty,
             customer,
             status: PaymentStatus::Approved,
         };
-        announce("PaymentApproved", &payment)?;
+        announce(Published::PaymentApproved, &payment).map_err(failed)?;
         Ok(payment)
     }
 
@@ -99,9 +138,9 @@ impl payments::Guest for Component {
                 status_name(payment.status)
             )));
         }
-        set_status(payment_id, PaymentStatus::Cancelled)?;
+        set_status(&payment, PaymentStatus::Cancelled).map_err(failed)?;
         payment.status = PaymentStatus::Cancelled;
-        announce("PaymentCancelled", &payment)?;
+        announce(Published::PaymentCancelled, &payment).map_err(failed)?;
         Ok(payment)
     }
 
@@ -110,64 +149,68 @@ impl payments::Guest for Component {
     }
 }
 
-/// Rentcar's `ReservationRejected` or order's `OrderAbandoned`: either way
-/// the payment is not for a valid order any more.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Refund {
-    payment_id: u64,
+/// Payment's own failure, as order sees it.
+fn failed(err: impl Into<Error>) -> CallError {
+    CallError::Failed(err.into().to_string())
 }
 
-impl event_handler::Guest for Component {
-    fn handle(event: Event) -> Result<(), String> {
-        if !matches!(event.event_type.as_str(), "ReservationRejected" | "OrderAbandoned") {
-            return Ok(());
-        }
-        let refund: Refund = serde_json::from_str(&event.payload).map_err(|err| err.to_string())?;
-        let row = db::query_row(
-            &format!("{SELECT} WHERE id = ? AND status = 'APPROVED'"),
-            &[refund.payment_id.into()],
-        )
-        .map_err(|err| err.to_string())?;
-        // A payment cancelled meanwhile has nothing left to refund.
-        if let Some(mut payment) = row.map(from_row) {
-            set_status(payment.id, PaymentStatus::Refunded).map_err(|err| format!("{err:?}"))?;
-            payment.status = PaymentStatus::Refunded;
-            announce("PaymentRefunded", &payment).map_err(|err| format!("{err:?}"))?;
-        }
-        Ok(())
+/// The payment `payment_id`, if there is one (an id out of range has none).
+fn find(payment_id: u64) -> Result<Option<Payment>, CallError> {
+    let Some(id) = Id::from_unsigned(payment_id) else {
+        return Ok(None);
+    };
+    find_by_id(id).map_err(failed)
+}
+
+fn find_by_id(id: Id) -> Result<Option<Payment>, Error> {
+    db::query_row(&format!("{SELECT} WHERE id = ?"), &[id.into()])?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
+/// Refunds an approved payment; one cancelled meanwhile has nothing left
+/// to refund.
+fn refund(payment_id: Id) -> Result<(), Error> {
+    let row = db::query_row(
+        &format!("{SELECT} WHERE id = ? AND status = 'APPROVED'"),
+        &[payment_id.into()],
+    )?;
+    if let Some(mut payment) = row.as_ref().map(from_row).transpose()? {
+        set_status(&payment, PaymentStatus::Refunded)?;
+        payment.status = PaymentStatus::Refunded;
+        announce(Published::PaymentRefunded, &payment)?;
     }
+    Ok(())
 }
 
 const SELECT: &str = "SELECT id, order_id, car_id, qty, customer, status FROM payments";
 
-fn find(payment_id: u64) -> Result<Option<Payment>, CallError> {
-    let row = db::query_row(&format!("{SELECT} WHERE id = ?"), &[payment_id.into()]).map_err(internal)?;
-    Ok(row.map(from_row))
-}
-
-fn set_status(payment_id: u64, status: PaymentStatus) -> Result<(), CallError> {
+fn set_status(payment: &Payment, status: PaymentStatus) -> Result<(), Error> {
+    // Read from the table, through `Id`: always an id.
+    let id = Id::from_unsigned(payment.id).ok_or_else(|| Error::internal(format!("payment id {}", payment.id)))?;
     db::execute(
         "UPDATE payments SET status = ? WHERE id = ?",
-        &[status_name(status).into(), payment_id.into()],
-    )
-    .map_err(internal)?;
+        &[status_name(status).into(), id.into()],
+    )?;
     Ok(())
 }
 
-fn from_row(row: Row) -> Payment {
-    Payment {
-        id: row.int(0) as u64,
-        order_id: row.int(1) as u64,
-        car_id: row.int(2) as u64,
-        qty: row.int(3) as u32,
-        customer: row.text(4),
-        status: match row.text(5).as_str() {
+fn from_row(row: &Row) -> Result<Payment, Error> {
+    let status = row.text(5)?;
+    Ok(Payment {
+        id: row.get::<Id>(0)?.unsigned(),
+        order_id: row.get::<Id>(1)?.unsigned(),
+        car_id: row.get::<Id>(2)?.unsigned(),
+        qty: row.get(3)?,
+        customer: row.text(4)?,
+        status: match status.as_str() {
+            "APPROVED" => PaymentStatus::Approved,
             "CANCELLED" => PaymentStatus::Cancelled,
             "REFUNDED" => PaymentStatus::Refunded,
-            _ => PaymentStatus::Approved,
+            other => return Err(Error::internal(format!("payment status `{other}` is unknown"))),
         },
-    }
+    })
 }
 
 fn status_name(status: PaymentStatus) -> &'static str {
@@ -178,58 +221,40 @@ fn status_name(status: PaymentStatus) -> &'static str {
     }
 }
 
-fn internal(err: db::Error) -> CallError {
-    CallError::Unavailable(err.to_string())
-}
-
 /// The JSON shape of a payment, in the API and in events.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct PaymentJson<'a> {
+struct PaymentJson {
     id: u64,
     order_id: u64,
     car_id: u64,
     qty: u32,
-    customer: &'a str,
-    status: &'static str,
+    customer: String,
+    status: String,
 }
 
-impl<'a> From<&'a Payment> for PaymentJson<'a> {
-    fn from(payment: &'a Payment) -> Self {
+impl From<&Payment> for PaymentJson {
+    fn from(payment: &Payment) -> Self {
         PaymentJson {
             id: payment.id,
             order_id: payment.order_id,
             car_id: payment.car_id,
             qty: payment.qty,
-            customer: &payment.customer,
-            status: status_name(payment.status),
+            customer: payment.customer.clone(),
+            status: status_name(payment.status).into(),
         }
     }
 }
 
-fn announce(event_type: &str, payment: &Payment) -> Result<(), CallError> {
-    let key = payment.order_id.to_string();
-    publish(TOPIC, &key, event_type, &PaymentJson::from(payment)).map_err(CallError::Unavailable)
-}
-
-impl wasip2::exports::http::incoming_handler::Guest for Component {
-    fn handle(request: wasip2::http::types::IncomingRequest, out: wasip2::http::types::ResponseOutparam) {
-        rentcar_sdk::serve(request, out, |request| {
-            Router::new()
-                .get("/payments", list)
-                .get("/payments/:id", get)
-                .handle(&request)
-        });
-    }
+/// Publishes what happened to `payment`, keyed by its order.
+fn announce(event: fn(PaymentJson) -> Published, payment: &Payment) -> Result<(), Error> {
+    publish(TOPIC, payment.order_id, &event(payment.into()))
 }
 
 fn get(_: &Request, params: &Params) -> Result<Response, Error> {
     let id = params.id("id");
-    let row = db::query_row(&format!("{SELECT} WHERE id = ?"), &[id.into()])?;
-    Ok(match row.map(from_row) {
-        Some(payment) => Response::json(200, &PaymentJson::from(&payment)),
-        None => Response::not_found(&format!("no payment {id}")),
-    })
+    let payment = find_by_id(id)?.ok_or_else(|| Error::not_found(format!("no payment {id}")))?;
+    Ok(Response::json(200, &PaymentJson::from(&payment)))
 }
 
 /// `GET /payments`, or only an order's with `?orderId=`, a page at a time.
@@ -238,12 +263,12 @@ fn list(request: &Request, _: &Params) -> Result<Response, Error> {
     let [after, limit] = page.params();
     let rows = match request.query_param("orderId") {
         Some(order_id) => {
-            let Some(order_id) = Id::parse(order_id) else {
-                return Ok(Response::bad_request(&format!(
+            let order_id = Id::parse(order_id).ok_or_else(|| {
+                Error::bad_request(format!(
                     "orderId must be {}, not `{order_id}`",
                     rentcar_sdk::id::EXPECTED
-                )));
-            };
+                ))
+            })?;
             db::query(
                 &format!("{SELECT} WHERE order_id = ? AND id > ? ORDER BY id LIMIT ?"),
                 &[order_id.into(), after, limit],
@@ -251,10 +276,9 @@ fn list(request: &Request, _: &Params) -> Result<Response, Error> {
         }
         None => db::query(&format!("{SELECT} WHERE id > ? ORDER BY id LIMIT ?"), &[after, limit])?,
     };
-    let payments: Vec<Payment> = rows.into_iter().map(from_row).collect();
-    let json: Vec<PaymentJson> = payments.iter().map(PaymentJson::from).collect();
-    Ok(page.answer(json, |payment| payment.id.cast_signed()))
+    let payments = rows
+        .iter()
+        .map(|row| from_row(row).map(|payment| PaymentJson::from(&payment)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(page.answer(payments, |payment| payment.id.cast_signed()))
 }
-
-export!(Component);
-wasip2::http::proxy::export!(Component);

@@ -2,6 +2,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wasip2::http::types::{Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
+use crate::error::Error;
+
 /// A buffered HTTP request as a handler sees it.
 #[derive(Debug)]
 pub struct Request {
@@ -34,24 +36,23 @@ impl Request {
     /// The header `name` as text, `None` when absent. A header the API
     /// defines but cannot read is the client's mistake, never "absent": a
     /// value that is not UTF-8, or the header given twice, is 400.
-    pub fn header(&self, name: &str) -> Result<Option<&str>, Response> {
+    pub fn header(&self, name: &str) -> Result<Option<&str>, Error> {
         let mut values = self.headers.iter().filter(|(key, _)| key.eq_ignore_ascii_case(name));
         let Some((_, value)) = values.next() else {
             return Ok(None);
         };
         if values.next().is_some() {
-            return Err(Response::bad_request(&format!(
-                "the {name} header may be given only once"
-            )));
+            return Err(Error::bad_request(format!("the {name} header may be given only once")));
         }
         std::str::from_utf8(value)
             .map(Some)
-            .map_err(|_| Response::bad_request(&format!("the {name} header is not valid UTF-8")))
+            .map_err(|_| Error::bad_request(format!("the {name} header is not valid UTF-8")))
     }
 
-    /// Parses the body as JSON, or answers 400 with what is wrong with it.
-    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Response> {
-        serde_json::from_slice(&self.body).map_err(|err| Response::error(400, "invalid-body", &err.to_string()))
+    /// Parses the body as JSON, or answers 400 `invalid-body` with what is
+    /// wrong with it.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|err| Error::refused(400, "invalid-body", err.to_string()))
     }
 }
 
@@ -78,42 +79,13 @@ impl Response {
     pub fn error(status: u16, code: &str, message: &str) -> Response {
         Response::json(status, &serde_json::json!({ "error": code, "message": message }))
     }
-
-    pub fn not_found(message: &str) -> Response {
-        Response::error(404, "not-found", message)
-    }
-
-    pub fn bad_request(message: &str) -> Response {
-        Response::error(400, "invalid-request", message)
-    }
-
-    pub fn conflict(message: &str) -> Response {
-        Response::error(409, "conflict", message)
-    }
-
-    pub fn method_not_allowed() -> Response {
-        Response::error(405, "method-not-allowed", "method not allowed on this path")
-    }
-
-    /// 503 with `Retry-After: 1`: the caller may try again shortly.
-    pub fn unavailable(code: &str, message: &str) -> Response {
-        let mut response = Response::error(503, code, message);
-        response.headers.push(("retry-after".into(), "1".into()));
-        response
-    }
-
-    /// 500 for a failure inside the component (a database error, say). The
-    /// host rolls back the invocation's transaction for any 5xx.
-    pub fn internal(message: &str) -> Response {
-        Response::error(500, "internal", message)
-    }
 }
 
 /// Reads the incoming request, runs `handler` and writes its response.
 pub fn serve(request: IncomingRequest, out: ResponseOutparam, handler: impl FnOnce(Request) -> Response) {
     let response = match read(request) {
         Ok(request) => handler(request),
-        Err(message) => Response::bad_request(&message),
+        Err(message) => Error::bad_request(message).into_response(),
     };
     write(response, out);
 }

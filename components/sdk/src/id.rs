@@ -34,6 +34,11 @@ impl Id {
         (value > 0).then_some(Id(value))
     }
 
+    /// `value` (as the WIT interfaces carry ids) as an id, if it is one.
+    pub fn from_unsigned(value: u64) -> Option<Id> {
+        i64::try_from(value).ok().and_then(Id::new)
+    }
+
     pub fn get(self) -> i64 {
         self.0
     }
@@ -83,10 +88,7 @@ impl Visitor<'_> for IdVisitor {
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<Id, E> {
-        i64::try_from(value)
-            .ok()
-            .and_then(Id::new)
-            .ok_or_else(|| E::invalid_value(Unexpected::Unsigned(value), &self))
+        Id::from_unsigned(value).ok_or_else(|| E::invalid_value(Unexpected::Unsigned(value), &self))
     }
 }
 
@@ -98,6 +100,9 @@ mod tests {
     fn only_positive_signed_64_bit_integers_are_ids() {
         assert_eq!(Id::parse("1").map(Id::get), Some(1));
         assert_eq!(Id::parse("9223372036854775807").map(Id::get), Some(i64::MAX));
+        assert_eq!(Id::from_unsigned(7).map(Id::unsigned), Some(7));
+        assert_eq!(Id::from_unsigned(0), None);
+        assert_eq!(Id::from_unsigned(1 << 63), None);
         for bad in [
             "",
             "0",

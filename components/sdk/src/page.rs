@@ -11,6 +11,7 @@
 use serde::Serialize;
 
 use crate::db::Value;
+use crate::error::Error;
 use crate::http::{Request, Response};
 use crate::id::{self, Id};
 
@@ -27,7 +28,7 @@ pub struct Page {
 impl Page {
     /// The page `?limit=` and `?after=` ask for; 400 for values that are
     /// not a limit from 1 to [`MAX_LIMIT`] or an id.
-    pub fn from_request(request: &Request) -> Result<Page, Response> {
+    pub fn from_request(request: &Request) -> Result<Page, Error> {
         let limit = match request.query_param("limit") {
             None => DEFAULT_LIMIT,
             Some(text) => text
@@ -35,14 +36,14 @@ impl Page {
                 .ok()
                 .filter(|limit| (1..=MAX_LIMIT).contains(limit) && !text.starts_with('+'))
                 .ok_or_else(|| {
-                    Response::bad_request(&format!("limit must be an integer from 1 to {MAX_LIMIT}, not `{text}`"))
+                    Error::bad_request(format!("limit must be an integer from 1 to {MAX_LIMIT}, not `{text}`"))
                 })?,
         };
         let after = match request.query_param("after") {
             None => None,
             Some(text) => Some(
                 Id::parse(text)
-                    .ok_or_else(|| Response::bad_request(&format!("after must be {}, not `{text}`", id::EXPECTED)))?,
+                    .ok_or_else(|| Error::bad_request(format!("after must be {}, not `{text}`", id::EXPECTED)))?,
             ),
         };
         Ok(Page { limit, after })
@@ -84,7 +85,7 @@ mod tests {
             headers: Vec::new(),
             body: Vec::new(),
         };
-        Page::from_request(&request).map_err(|response| response.status)
+        Page::from_request(&request).map_err(|err| err.into_response().status)
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //!   405 with an `Allow` header listing the methods that path has.
 //! - A parameter (`:name` in a pattern) is an [`Id`]: a segment that is not
 //!   one is 400 before any handler runs.
+//! - `*` in a pattern matches any one segment (a test component serves the
+//!   same routes under whatever prefix it is loaded at).
+//! - A handler's [`Error`] becomes its answer ([`Error::into_response`]).
 //!
 //! ```text
 //! Router::new()
@@ -59,7 +62,7 @@ impl Route {
         for (pattern, segment) in self.segments.iter().zip(path) {
             match pattern.strip_prefix(':') {
                 Some(name) => params.push((name, *segment)),
-                None if pattern == segment => {}
+                None if *pattern == "*" || pattern == segment => {}
                 None => return None,
             }
         }
@@ -108,26 +111,29 @@ impl Router {
                 allowed.push(route.method);
                 continue;
             }
-            let mut params = Params::default();
-            for (name, text) in raw {
-                match Id::parse(text) {
-                    Some(id) => params.0.push((name, id)),
-                    None => {
-                        return Response::bad_request(&format!("`{text}` in the path is not {}", id::EXPECTED));
-                    }
-                }
-            }
-            return (route.handler)(request, &params).unwrap_or_else(Error::into_response);
+            let answer = params(raw).and_then(|params| (route.handler)(request, &params));
+            return answer.unwrap_or_else(Error::into_response);
         }
         if allowed.is_empty() {
-            return Response::not_found(&format!("no route for {}", request.path));
+            return Error::not_found(format!("no route for {}", request.path)).into_response();
         }
         allowed.sort_unstable();
         allowed.dedup();
-        let mut response = Response::method_not_allowed();
+        let mut response = Error::refused(405, "method-not-allowed", "method not allowed on this path").into_response();
         response.headers.push(("allow".into(), allowed.join(", ")));
         response
     }
+}
+
+/// The route's parameters as ids, or 400 for one that is not.
+fn params(raw: Vec<(&'static str, &str)>) -> Result<Params, Error> {
+    let mut params = Params::default();
+    for (name, text) in raw {
+        let id = Id::parse(text)
+            .ok_or_else(|| Error::bad_request(format!("`{text}` in the path is not {}", id::EXPECTED)))?;
+        params.0.push((name, id));
+    }
+    Ok(params)
 }
 
 #[cfg(test)]
@@ -173,5 +179,24 @@ mod tests {
         for bad in ["abc", "0", "-1", "9223372036854775808"] {
             assert_eq!(answer(&router, "GET", &format!("/orders/{bad}")).0, 400, "{bad}");
         }
+    }
+
+    fn refuse(_: &Request, _: &Params) -> Result<Response, Error> {
+        Err(Error::conflict("order 7 is CANCELLED"))
+    }
+
+    #[test]
+    fn a_wildcard_matches_any_segment_and_errors_are_answers() {
+        let router = Router::new().post("/*/cancel", refuse);
+        assert_eq!(
+            answer(&router, "POST", "/sink/cancel"),
+            (
+                409,
+                None,
+                r#"{"error":"conflict","message":"order 7 is CANCELLED"}"#.into()
+            )
+        );
+        assert_eq!(answer(&router, "POST", "/sink/other").0, 404);
+        assert_eq!(answer(&router, "POST", "/a/b/cancel").0, 404);
     }
 }

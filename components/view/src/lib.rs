@@ -8,114 +8,111 @@
 #![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
 use rentcar_sdk::db::{self, Row};
-use rentcar_sdk::{Error, Page, Params, Request, Response, Router};
+use rentcar_sdk::{Component, Envelope, Error, Events as _, Id, Page, Params, Request, Response, Router};
 use serde::{Deserialize, Serialize};
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "rentcar:host/view",
-    with: {
-        "rentcar:host/sql@0.1.0": rentcar_sdk::bindings::rentcar::host::sql,
-        "rentcar:host/events@0.1.0": rentcar_sdk::bindings::rentcar::host::events,
-        "wasi:config/store@0.2.0-rc.1": rentcar_sdk::bindings::wasi::config::store,
-    },
-});
+struct View;
 
-use exports::rentcar::host::event_handler::{self, Event};
-use exports::rentcar::host::lifecycle;
+impl Component for View {
+    const MIGRATIONS: &'static [&'static str] = &["CREATE TABLE availability (
+        car_id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        stock INTEGER NOT NULL,
+        available INTEGER NOT NULL,
+        version INTEGER NOT NULL
+    )"];
 
-struct Component;
-
-impl lifecycle::Guest for Component {
-    /// The view is built only from events: dropping it lets a replay of the
-    /// log rebuild it.
-    fn reset() -> Result<(), String> {
-        db::execute("DELETE FROM availability", &[]).map_err(|err| err.to_string())?;
-        Ok(())
+    fn routes() -> Router {
+        Router::new().get("/availability", list).get("/availability/:id", get)
     }
 
-    fn init() -> Result<(), String> {
-        db::migrate(&["CREATE TABLE availability (
-                car_id INTEGER PRIMARY KEY,
-                name TEXT NOT NULL,
-                stock INTEGER NOT NULL,
-                available INTEGER NOT NULL,
-                version INTEGER NOT NULL
-            )"])
-        .map_err(|err| err.to_string())
+    /// Every event of rentcar's that carries a car stores its snapshot.
+    fn on_event(event: &Envelope) -> Result<(), Error> {
+        match Heard::read(event)? {
+            Some(Heard::CarRegistered(snapshot))
+            | Some(Heard::CarReserved(snapshot))
+            | Some(Heard::CarReleased(snapshot))
+            | Some(Heard::ReservationRejected(snapshot)) => store(snapshot),
+            // Other types rentcar may add say nothing the view shows.
+            None => Ok(()),
+        }
+    }
+
+    /// The view is built only from events: dropping it lets a replay of the
+    /// log rebuild it.
+    fn reset() -> Result<(), Error> {
+        db::execute("DELETE FROM availability", &[])?;
+        Ok(())
     }
 }
 
-#[derive(Deserialize)]
+rentcar_sdk::export!(View);
+
+rentcar_sdk::events! {
+    /// What the view hears on the `rentcar` topic.
+    enum Heard {
+        CarRegistered(Snapshot),
+        CarReserved(Snapshot),
+        CarReleased(Snapshot),
+        ReservationRejected(Snapshot),
+    }
+}
+
+/// The car an event of rentcar's carries, if any (a rejection carries none).
+#[derive(Serialize, Deserialize)]
 struct Snapshot {
     car: Option<Car>,
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Car {
-    id: i64,
+    id: Id,
     name: String,
-    stock: i64,
-    available: i64,
+    stock: u32,
+    available: u32,
     version: i64,
 }
 
-impl event_handler::Guest for Component {
-    fn handle(event: Event) -> Result<(), String> {
-        let snapshot: Snapshot =
-            serde_json::from_str(&event.payload).map_err(|err| format!("bad {} payload: {err}", event.event_type))?;
-        let Some(car) = snapshot.car else {
-            return Ok(());
-        };
-        db::execute(
-            "INSERT INTO availability (car_id, name, stock, available, version) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (car_id) DO UPDATE SET name = excluded.name, stock = excluded.stock,
-                 available = excluded.available, version = excluded.version
-             WHERE excluded.version > availability.version",
-            &[
-                car.id.into(),
-                car.name.into(),
-                car.stock.into(),
-                car.available.into(),
-                car.version.into(),
-            ],
-        )
-        .map_err(|err| err.to_string())?;
-        Ok(())
-    }
+fn store(snapshot: Snapshot) -> Result<(), Error> {
+    let Some(car) = snapshot.car else {
+        return Ok(());
+    };
+    db::execute(
+        "INSERT INTO availability (car_id, name, stock, available, version) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (car_id) DO UPDATE SET name = excluded.name, stock = excluded.stock,
+             available = excluded.available, version = excluded.version
+         WHERE excluded.version > availability.version",
+        &[
+            car.id.into(),
+            car.name.into(),
+            car.stock.into(),
+            car.available.into(),
+            car.version.into(),
+        ],
+    )?;
+    Ok(())
 }
 
 /// What `GET /availability` shows of a car.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Availability {
-    car_id: i64,
+    car_id: Id,
     name: String,
-    stock: i64,
-    available: i64,
-}
-
-fn from_row(row: Row) -> Availability {
-    Availability {
-        car_id: row.int(0),
-        name: row.text(1),
-        stock: row.int(2),
-        available: row.int(3),
-    }
+    stock: u32,
+    available: u32,
 }
 
 const SELECT: &str = "SELECT car_id, name, stock, available FROM availability";
 
-impl wasip2::exports::http::incoming_handler::Guest for Component {
-    fn handle(request: wasip2::http::types::IncomingRequest, out: wasip2::http::types::ResponseOutparam) {
-        rentcar_sdk::serve(request, out, |request| {
-            Router::new()
-                .get("/availability", list)
-                .get("/availability/:id", get)
-                .handle(&request)
-        });
-    }
+fn from_row(row: &Row) -> Result<Availability, Error> {
+    Ok(Availability {
+        car_id: row.get(0)?,
+        name: row.text(1)?,
+        stock: row.get(2)?,
+        available: row.get(3)?,
+    })
 }
 
 /// The view a page at a time, in car id order (`?after=` is a car id).
@@ -125,17 +122,13 @@ fn list(request: &Request, _: &Params) -> Result<Response, Error> {
         &format!("{SELECT} WHERE car_id > ? ORDER BY car_id LIMIT ?"),
         &page.params(),
     )?;
-    Ok(page.answer(rows.into_iter().map(from_row).collect(), |car| car.car_id))
+    let cars = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    Ok(page.answer(cars, |car| car.car_id.get()))
 }
 
 fn get(_: &Request, params: &Params) -> Result<Response, Error> {
     let id = params.id("id");
-    let row = db::query_row(&format!("{SELECT} WHERE car_id = ?"), &[id.into()])?;
-    Ok(match row {
-        Some(row) => Response::json(200, &from_row(row)),
-        None => Response::not_found(&format!("no car {id} in the availability view")),
-    })
+    let row = db::query_row(&format!("{SELECT} WHERE car_id = ?"), &[id.into()])?
+        .ok_or_else(|| Error::not_found(format!("no car {id} in the availability view")))?;
+    Ok(Response::json(200, &from_row(&row)?))
 }
-
-export!(Component);
-wasip2::http::proxy::export!(Component);

@@ -43,6 +43,18 @@ pub fn probe_config(dir: &Path, delivery: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Writes a component database as a version of it at its second migration
+/// left it: `schema` and rows, its migrations table at 2.
+pub fn database_at_migration_2(dir: &std::path::Path, component: &str, schema: &str) -> anyhow::Result<()> {
+    let old = rusqlite::Connection::open(dir.join(format!("{component}.db")))?;
+    old.execute_batch(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY);
+         INSERT INTO schema_migrations (version) VALUES (1), (2);",
+    )?;
+    old.execute_batch(schema)?;
+    Ok(())
+}
+
 pub struct Host {
     child: Child,
     pub base: String,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{Host, eventually, root, wait_for};
+use crate::harness::{Host, database_at_migration_2, eventually, root, wait_for};
 
 #[tokio::test]
 async fn restart_keeps_data_and_resumes_delivery() -> anyhow::Result<()> {
@@ -36,18 +36,6 @@ async fn restart_keeps_data_and_resumes_delivery() -> anyhow::Result<()> {
     let next = host.order(car_id, 1).await?;
     assert!(next["id"].as_u64() > burst[2]["id"].as_u64(), "ids keep growing");
     wait_for(&host, &format!("/availability/{car_id}"), "available", json!(0)).await?;
-    Ok(())
-}
-
-/// Writes a component database as a version of it at its second migration
-/// left it: `schema` and rows, its migrations table at 2.
-fn database_at_migration_2(dir: &std::path::Path, component: &str, schema: &str) -> anyhow::Result<()> {
-    let old = rusqlite::Connection::open(dir.join(format!("{component}.db")))?;
-    old.execute_batch(
-        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY);
-         INSERT INTO schema_migrations (version) VALUES (1), (2);",
-    )?;
-    old.execute_batch(schema)?;
     Ok(())
 }
 

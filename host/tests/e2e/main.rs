@@ -7,6 +7,7 @@ mod concurrency;
 mod crash;
 mod events;
 mod flow;
+mod framework;
 mod guests;
 mod hardening;
 mod lifecycle;

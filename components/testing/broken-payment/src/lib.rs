@@ -4,57 +4,50 @@
 
 #![allow(unsafe_code, reason = "the export glue that wit-bindgen generates is unsafe")]
 
+use rentcar_sdk::{Component, Envelope, Error, Params, Request, Response, Router};
+
 wit_bindgen::generate!({
     path: "../../../wit",
-    world: "rentcar:host/payment",
-    with: {
-        "rentcar:host/sql@0.1.0": rentcar_sdk::bindings::rentcar::host::sql,
-        "rentcar:host/events@0.1.0": rentcar_sdk::bindings::rentcar::host::events,
-        "wasi:config/store@0.2.0-rc.1": rentcar_sdk::bindings::wasi::config::store,
-    },
+    world: "rentcar:payment/callee",
 });
 
-use exports::rentcar::host::event_handler::{self, Event};
-use exports::rentcar::host::lifecycle;
 use exports::rentcar::payment::payments::{self, CallError, Payment};
 
-struct Component;
+struct Broken;
 
-impl lifecycle::Guest for Component {
-    fn init() -> Result<(), String> {
-        Err("migration 2 failed: column `amount` cannot be added".into())
+impl Component for Broken {
+    const MIGRATIONS: &'static [&'static str] = &[];
+
+    fn routes() -> Router {
+        Router::new().get("/payments", broken).get("/payments/:id", broken)
     }
 
-    fn reset() -> Result<(), String> {
-        Err("not supported".into())
+    fn on_event(_: &Envelope) -> Result<(), Error> {
+        Err(Error::internal("broken"))
+    }
+
+    fn init() -> Result<(), Error> {
+        Err(Error::internal("migration 2 failed: column `amount` cannot be added"))
     }
 }
 
-impl payments::Guest for Component {
+rentcar_sdk::export!(Broken);
+export!(Broken);
+
+fn broken(_: &Request, _: &Params) -> Result<Response, Error> {
+    Err(Error::internal("broken"))
+}
+
+impl payments::Guest for Broken {
     fn approve(_car_id: u64, _qty: u32, _customer: String) -> Result<Payment, CallError> {
-        Err(CallError::Unavailable("broken".into()))
+        Err(CallError::Failed("broken".into()))
     }
 
     fn cancel(_payment_id: u64) -> Result<Payment, CallError> {
-        Err(CallError::Unavailable("broken".into()))
+        Err(CallError::Failed("broken".into()))
     }
 
     fn lookup(_payment_id: u64) -> Result<Payment, CallError> {
-        Err(CallError::Unavailable("broken".into()))
+        Err(CallError::Failed("broken".into()))
     }
 }
-
-impl event_handler::Guest for Component {
-    fn handle(_event: Event) -> Result<(), String> {
-        Err("broken".into())
-    }
-}
-
-impl wasip2::exports::http::incoming_handler::Guest for Component {
-    fn handle(request: wasip2::http::types::IncomingRequest, out: wasip2::http::types::ResponseOutparam) {
-        rentcar_sdk::serve(request, out, |_| rentcar_sdk::Response::internal("broken"));
-    }
-}
-
-export!(Component);
-wasip2::http::proxy::export!(Component);

@@ -35,7 +35,9 @@
 
 use std::hint::black_box;
 
-use rentcar_sdk::{Request, Response, db, publish};
+use rentcar_sdk::events::publish;
+use rentcar_sdk::{Error, Request, Response, db};
+use serde::{Deserialize, Serialize};
 use wasip2::http::types::{Fields, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
 wit_bindgen::generate!({
@@ -65,8 +67,11 @@ impl lifecycle::Guest for Component {
         .map_err(|err| format!("{err:?}"))?;
         let plan = db::query_row("SELECT sleep_ms, fail FROM init_plan", &[]).map_err(|err| format!("{err:?}"))?;
         if let Some(plan) = plan {
-            std::thread::sleep(std::time::Duration::from_millis(plan.int(0) as u64));
-            if plan.int(1) != 0 {
+            let (sleep_ms, fail) = (plan.get::<u64>(0), plan.int(1));
+            std::thread::sleep(std::time::Duration::from_millis(
+                sleep_ms.map_err(|err| err.to_string())?,
+            ));
+            if fail != Ok(0) {
                 return Err("failing as planned".into());
             }
         }
@@ -89,7 +94,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Component {
         if request.path_with_query().as_deref() == Some("/hostile/huge") {
             return flood(out);
         }
-        rentcar_sdk::serve(request, out, route);
+        rentcar_sdk::http::serve(request, out, route);
     }
 }
 
@@ -125,13 +130,29 @@ fn route(request: Request) -> Response {
         }
         ["hostile", "hold", mib, ms] => hold(number(mib), number(ms)),
         ["hostile", "publish", count] => {
-            let payload = serde_json::json!({ "filler": "x".repeat(200 * 1024) });
-            let published: Result<(), String> =
-                (0..number(count)).try_for_each(|i| publish("hostile", &i.to_string(), "Big", &payload));
+            let published: Result<(), Error> = (0..number(count)).try_for_each(|i| publish("hostile", i, &big()));
             Response::json(200, &serde_json::json!({ "result": format!("{published:?}") }))
         }
-        _ => Response::not_found("no such attack"),
+        _ => Error::not_found("no such attack").into_response(),
     }
+}
+
+rentcar_sdk::events! {
+    enum Published {
+        Big(Filler),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Filler {
+    filler: String,
+}
+
+/// An event of 200 KiB.
+fn big() -> Published {
+    Published::Big(Filler {
+        filler: "x".repeat(200 * 1024),
+    })
 }
 
 fn number(text: &str) -> i64 {
@@ -175,7 +196,7 @@ fn sql(attack: &str) -> Response {
         }
         "count" => format!(
             "{:?}",
-            db::query_row("SELECT COUNT(*) FROM t", &[]).map(|row| row.map(|r| r.int(0)))
+            db::query_row("SELECT COUNT(*) FROM t", &[]).map(|row| row.and_then(|r| r.int(0).ok()))
         ),
         "sequence" => format!(
             "{:?}",
@@ -192,10 +213,9 @@ fn sql(attack: &str) -> Response {
         // database, then writes once more: nothing of the last part may
         // commit (the guest answers 500 anyway).
         "publish-full" => {
-            let payload = serde_json::json!({ "filler": "x".repeat(200 * 1024) });
-            let published = (0..50).find_map(|i| publish("hostile", &i.to_string(), "Big", &payload).err());
+            let published = (0..50).find_map(|i| publish("hostile", i, &big()).err());
             let after = db::execute("INSERT INTO t VALUES (99)", &[]);
-            return Response::internal(&format!("published: {published:?}, after: {after:?}"));
+            return Error::internal(format!("published: {published:?}, after: {after:?}")).into_response();
         }
         // A statement prepared before a trigger exists is prepared again
         // when it runs next, with the trigger compiled into it.
@@ -223,7 +243,7 @@ fn sql(attack: &str) -> Response {
             )
             .map(|rows| rows.len())
         ),
-        _ => return Response::not_found("no such attack"),
+        _ => return Error::not_found("no such attack").into_response(),
     };
     Response::json(200, &serde_json::json!({ "result": result }))
 }
