@@ -120,11 +120,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    // Listen for SIGTERM before saying so: a signal sent as soon as the line
+    // appears must drain, not kill.
+    let shutdown = shutdown_signal()?;
     tracing::info!(addr = %local, "serving");
     // The one line on stderr that tests and scripts wait for (and that
     // must not stop the host when stderr cannot be written).
     let _ = writeln!(std::io::stderr(), "listening on http://{local}");
-    rentcar_host::serve(listener, runtime, watch, shutdown_signal()).await
+    rentcar_host::serve(listener, runtime, watch, shutdown).await
 }
 
 /// `rentcar-host deploy`: uploads the file to the admin API and reports.
@@ -151,25 +154,26 @@ async fn deploy(name: &str, file: &std::path::Path, url: &str, token: &str) -> a
     Ok(())
 }
 
-/// Resolves on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// A future that resolves on ctrl-c (SIGINT) or SIGTERM; both are listened
+/// for from the moment it is made.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
-    }
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    })
 }

@@ -578,3 +578,13 @@ async fn traps_and_missed_deadlines_are_counted_and_every_answer_has_a_request_i
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_sigterm_as_soon_as_the_host_says_it_listens_drains_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut host = start(dir.path(), "", "")?;
+    let status = host.terminate()?;
+    assert!(status.success(), "{status}\n{}", host.log());
+    assert!(host.log().contains("stopped"), "{}", host.log());
+    Ok(())
+}
