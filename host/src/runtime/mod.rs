@@ -20,14 +20,13 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_config::WasiConfigVariables;
-use wasmtime_wasi_http::{WasiHttp, WasiHttpView};
 
-use crate::bindings;
 use crate::calls::faults::Faults;
 use crate::calls::policy::Policy;
 use crate::calls::{self, LocalCallee};
+use crate::capabilities;
 use crate::config::{ComponentConfig, Config};
 use crate::events::Stats;
 use crate::events::log::{EventBus, SqliteBus, TopicStats};
@@ -175,7 +174,7 @@ impl Runtime {
         let version = digest(&wasm);
         let component = compile(&self.engine, &name, wasm).await?;
         let mut linker = Linker::<Invocation>::new(&self.engine);
-        add_capabilities(&mut linker)?;
+        capabilities::add_to_linker(&mut linker)?;
         for policy in self.policies.iter().filter(|policy| policy.link.from == name) {
             let callee = self.registry.entry(&policy.link.to).context("callee loads first")?.0;
             let link = &policy.link;
@@ -265,23 +264,6 @@ fn load_order(config: &Config) -> Vec<String> {
         }
     }
     order
-}
-
-/// What every component may import: WASI without any ambient authority,
-/// the types of `wasi:http` (but no outgoing requests), its database, its
-/// outbox and its configuration.
-fn add_capabilities(linker: &mut Linker<Invocation>) -> anyhow::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_async(linker)?;
-    let options = wasmtime_wasi_http::p2::bindings::LinkOptions::default();
-    wasmtime_wasi_http::p2::bindings::http::types::add_to_linker::<_, WasiHttp>(
-        linker,
-        &options.into(),
-        Invocation::http,
-    )?;
-    bindings::sql::add_to_linker::<_, HasSelf<Invocation>>(linker, |invocation| invocation)?;
-    bindings::events::add_to_linker::<_, HasSelf<Invocation>>(linker, |invocation| invocation)?;
-    wasmtime_wasi_config::add_to_linker(linker, Invocation::config)?;
-    Ok(())
 }
 
 /// Compiles on a blocking thread; the engine's cache makes a restart with
