@@ -37,10 +37,7 @@ async fn throughput() -> anyhow::Result<()> {
     let started = Instant::now();
     for _ in 0..EVENTS / PER_REQUEST {
         let (status, _) = host
-            .post(
-                "/probe/publish",
-                json!({ "topic": "probe", "keys": 64, "count": PER_REQUEST }),
-            )
+            .post("/probe/publish", json!({ "keys": 64, "count": PER_REQUEST }))
             .await?;
         anyhow::ensure!(status == 202);
     }

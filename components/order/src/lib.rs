@@ -53,8 +53,6 @@ wit_bindgen::generate!({
 
 use rentcar::payment::payments::{self, CallError, PaymentStatus};
 
-/// Where order publishes (`OrderAbandoned`).
-const TOPIC: &str = "order";
 /// Largest quantity one order may ask for.
 const MAX_QTY: u32 = 1_000;
 /// Longest customer name and Idempotency-Key, in characters.
@@ -278,7 +276,7 @@ fn abandon_if_missing(event: &Envelope, order: &OrderEvent) -> Result<(), Error>
         order_id: order.order_id,
         payment_id: order.payment_id,
     };
-    publish(TOPIC, order.order_id, &Published::OrderAbandoned(abandoned))
+    publish(order.order_id, &Published::OrderAbandoned(abandoned))
 }
 
 /// What a failed call to payment means for the client.

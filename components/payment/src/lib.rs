@@ -26,8 +26,6 @@ wit_bindgen::generate!({
 
 use exports::rentcar::payment::payments::{self, CallError, Payment, PaymentStatus};
 
-const TOPIC: &str = "payment";
-
 struct Payments;
 
 impl Component for Payments {
@@ -248,7 +246,7 @@ impl From<&Payment> for PaymentJson {
 
 /// Publishes what happened to `payment`, keyed by its order.
 fn announce(event: fn(PaymentJson) -> Published, payment: &Payment) -> Result<(), Error> {
-    publish(TOPIC, payment.order_id, &event(payment.into()))
+    publish(payment.order_id, &event(payment.into()))
 }
 
 fn get(_: &Request, params: &Params) -> Result<Response, Error> {

@@ -15,7 +15,6 @@ use rentcar_sdk::events::publish;
 use rentcar_sdk::{Component, Envelope, Error, Events as _, Id, Page, Params, Request, Response, Router, config};
 use serde::{Deserialize, Serialize};
 
-const TOPIC: &str = "rentcar";
 /// Bounds a registration can ask for; beyond them it is surely a typo.
 const MAX_STOCK: u32 = 1_000_000;
 const MAX_NAME_CHARS: usize = 200;
@@ -193,7 +192,7 @@ fn reserve(payment: PaymentEvent) -> Result<(), Error> {
             status.into(),
         ],
     )?;
-    publish(TOPIC, payment.order_id, &event)
+    publish(payment.order_id, &event)
 }
 
 fn release(payment: PaymentEvent) -> Result<(), Error> {
@@ -218,7 +217,7 @@ fn release(payment: PaymentEvent) -> Result<(), Error> {
     )?;
     let car = find(payment.car_id)?;
     let released = Published::CarReleased(Reservation::of(&payment, car, None));
-    publish(TOPIC, payment.order_id, &released)
+    publish(payment.order_id, &released)
 }
 
 fn list(request: &Request, _: &Params) -> Result<Response, Error> {
@@ -266,11 +265,7 @@ fn register(request: &Request, _: &Params) -> Result<Response, Error> {
         version: 1,
     };
     let response = Response::json(201, &car);
-    publish(
-        TOPIC,
-        format!("car-{id}"),
-        &Published::CarRegistered(Registered { car }),
-    )?;
+    publish(format!("car-{id}"), &Published::CarRegistered(Registered { car }))?;
     Ok(response)
 }
 

@@ -81,13 +81,13 @@ pub trait Events: Sized {
 /// Publishes `event` with the correlation key `key` (events with the same
 /// key are delivered in the order they were published) to the component's
 /// outbox, in the current transaction: it exists if and only if the
-/// invocation commits. `topic` must be the component's own.
-pub fn publish(topic: &str, key: impl Display, event: &impl Events) -> Result<(), Error> {
+/// invocation commits. It goes to the component's own topic, its name.
+pub fn publish(key: impl Display, event: &impl Events) -> Result<(), Error> {
     let event_type = event.event_type();
     let payload = event
         .to_payload()
         .map_err(|err| Error::internal(format!("cannot serialize {event_type}: {err}")))?;
-    events::publish(topic, &key.to_string(), event_type, &payload)
+    events::publish(&key.to_string(), event_type, &payload)
         .map_err(|err| Error::internal(format!("cannot publish {event_type}: {err}")))
 }
 

@@ -24,24 +24,12 @@ impl Host for Invocation {
     #[tracing::instrument(skip(self, payload), fields(component = %self.component))]
     async fn publish(
         &mut self,
-        topic: String,
         key: String,
         event_type: String,
         payload: String,
     ) -> wasmtime::Result<Result<(), String>> {
-        if [&topic, &key, &event_type]
-            .iter()
-            .any(|s| s.is_empty() || s.len() > MAX_NAME)
-        {
-            return Ok(Err(format!("topic, key and type must be 1 to {MAX_NAME} bytes")));
-        }
-        // A context speaks only for itself: no component can forge another's
-        // events (say, order publishing a `PaymentApproved`).
-        if topic != *self.component {
-            return Ok(Err(format!(
-                "`{}` may publish only to its own topic, `{}`",
-                self.component, self.component
-            )));
+        if [&key, &event_type].iter().any(|s| s.is_empty() || s.len() > MAX_NAME) {
+            return Ok(Err(format!("key and type must be 1 to {MAX_NAME} bytes")));
         }
         if payload.len() > MAX_PAYLOAD {
             return Ok(Err(format!("payload is over {MAX_PAYLOAD} bytes")));
@@ -61,7 +49,9 @@ impl Host for Invocation {
         let event_id = uuid::Uuid::now_v7().to_string();
         let event = OutboxEvent {
             event_id: &event_id,
-            topic: &topic,
+            // A context speaks only for itself: its topic is its name, so no
+            // component can forge another's events.
+            topic: &self.component,
             key: &key,
             event_type: &event_type,
             time: now_ms(),

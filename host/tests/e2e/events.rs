@@ -21,15 +21,10 @@ async fn a_poison_event_goes_to_the_dead_letters_and_replays_after_a_fix() -> an
     let host = Host::start_with(&config, &dir.path().join("data"))?;
 
     let (status, _) = host
-        .post(
-            "/probe/publish",
-            json!({ "topic": "probe", "keys": 1, "count": 1, "poison": true }),
-        )
+        .post("/probe/publish", json!({ "keys": 1, "count": 1, "poison": true }))
         .await?;
     assert_eq!(status, 202);
-    let (status, _) = host
-        .post("/probe/publish", json!({ "topic": "probe", "keys": 1, "count": 2 }))
-        .await?;
+    let (status, _) = host.post("/probe/publish", json!({ "keys": 1, "count": 2 })).await?;
     assert_eq!(status, 202);
 
     // The consumer gives up on the poison event and proceeds with the rest.
@@ -80,9 +75,7 @@ async fn parallel_partitions_keep_the_order_of_each_key() -> anyhow::Result<()> 
     let config = probe_config(dir.path(), "partitions = 8")?;
     let host = Host::start_with(&config, &dir.path().join("data"))?;
     for _ in 0..4 {
-        let (status, _) = host
-            .post("/probe/publish", json!({ "topic": "probe", "keys": 16, "count": 400 }))
-            .await?;
+        let (status, _) = host.post("/probe/publish", json!({ "keys": 16, "count": 400 })).await?;
         assert_eq!(status, 202);
     }
     let seen = eventually("1600 deliveries", Duration::from_secs(60), || async {
@@ -184,8 +177,7 @@ async fn retention_bounds_the_log_once_events_are_delivered() -> anyhow::Result<
     let dir = tempfile::tempdir()?;
     let config = probe_config(dir.path(), "retention_events = 10\nretention_interval_ms = 100")?;
     let host = Host::start_with(&config, &dir.path().join("data"))?;
-    host.post("/probe/publish", json!({ "topic": "probe", "keys": 3, "count": 50 }))
-        .await?;
+    host.post("/probe/publish", json!({ "keys": 3, "count": 50 })).await?;
     let subscription = eventually("the log to be pruned to 10 events", Duration::from_secs(20), || async {
         let (_, subscriptions) = host.admin(Method::GET, "/admin/subscriptions").await?;
         let subscription = subscriptions[0].clone();
@@ -209,37 +201,9 @@ async fn a_commit_midway_keeps_what_came_before_it() -> anyhow::Result<()> {
     assert_eq!(seen(&host).await?, [json!({ "key": "split", "seq": 1 })]);
     // Deliveries may not commit midway (the probe's handler checks that the
     // host refuses): events still apply, each with its inbox row.
-    host.post("/probe/publish", json!({ "topic": "probe", "keys": 1, "count": 3 }))
-        .await?;
+    host.post("/probe/publish", json!({ "keys": 1, "count": 3 })).await?;
     eventually("three events applied", Duration::from_secs(10), || async {
         Ok((seen(&host).await?.len() == 4).then_some(()))
-    })
-    .await?;
-    Ok(())
-}
-
-#[tokio::test]
-async fn a_component_publishes_only_to_its_own_topic() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let config = probe_config(dir.path(), "")?;
-    let probe = Host::start_with(&config, &dir.path().join("data"))?;
-
-    // Forging another context's event fails the invocation, which rolls
-    // everything back: nothing reaches the log.
-    let (status, body) = probe
-        .post("/probe/publish", json!({ "topic": "payment", "keys": 1, "count": 1 }))
-        .await?;
-    assert_eq!(status, 500, "{body}");
-    assert!(
-        body["message"].as_str().unwrap().contains("only to its own topic"),
-        "{body}"
-    );
-    let (status, _) = probe
-        .post("/probe/publish", json!({ "topic": "probe", "keys": 1, "count": 1 }))
-        .await?;
-    assert_eq!(status, 202);
-    eventually("the probe's own event", Duration::from_secs(10), || async {
-        Ok((seen(&probe).await?.len() == 1).then_some(()))
     })
     .await?;
     Ok(())

@@ -173,9 +173,7 @@ async fn a_full_database_is_507_and_its_events_wait_instead_of_dying() -> anyhow
         let (status, body) = host.post("/sink/fill", json!({ "size": size })).await?;
         assert_eq!(status, 507, "{body}");
     }
-    let (status, body) = host
-        .post("/probe/publish", json!({ "topic": "probe", "keys": 4, "count": 200 }))
-        .await?;
+    let (status, body) = host.post("/probe/publish", json!({ "keys": 4, "count": 200 })).await?;
     assert_eq!(status, 202, "{body}");
     eventually("the sink to run out of room", Duration::from_secs(20), || async {
         let (_, subscriptions) = host.admin(Method::GET, "/admin/subscriptions").await?;
@@ -268,7 +266,7 @@ async fn a_log_that_cannot_be_written_fails_no_request() -> anyhow::Result<()> {
     for _ in 0..20 {
         let response = client
             .post(format!("{base}/probe/publish"))
-            .json(&json!({ "topic": "probe", "keys": 1, "count": 1 }))
+            .json(&json!({ "keys": 1, "count": 1 }))
             .send()
             .await?;
         assert_eq!(response.status(), 202);

@@ -130,7 +130,7 @@ fn route(request: Request) -> Response {
         }
         ["hostile", "hold", mib, ms] => hold(number(mib), number(ms)),
         ["hostile", "publish", count] => {
-            let published: Result<(), Error> = (0..number(count)).try_for_each(|i| publish("hostile", i, &big()));
+            let published: Result<(), Error> = (0..number(count)).try_for_each(|i| publish(i, &big()));
             Response::json(200, &serde_json::json!({ "result": format!("{published:?}") }))
         }
         _ => Error::not_found("no such attack").into_response(),
@@ -213,7 +213,7 @@ fn sql(attack: &str) -> Response {
         // database, then writes once more: nothing of the last part may
         // commit (the guest answers 500 anyway).
         "publish-full" => {
-            let published = (0..50).find_map(|i| publish("hostile", i, &big()).err());
+            let published = (0..50).find_map(|i| publish(i, &big()).err());
             let after = db::execute("INSERT INTO t VALUES (99)", &[]);
             return Error::internal(format!("published: {published:?}, after: {after:?}")).into_response();
         }

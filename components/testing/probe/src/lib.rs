@@ -2,9 +2,9 @@
 //! on demand and records the events it receives, so that tests can check
 //! delivery order, dead letters and replays.
 //!
-//! - `POST /probe/publish` `{"topic","keys","count","poison"}`: publishes
-//!   `count` events round-robin over `keys` keys, each with a per-key
-//!   sequence number, in one transaction.
+//! - `POST /probe/publish` `{"keys","count","poison"}`: publishes `count`
+//!   events on its own topic (its name), round-robin over `keys` keys, each
+//!   with a per-key sequence number, in one transaction.
 //! - `POST /probe/fix`: from now on, poisoned events are accepted.
 //! - `GET /probe/seen`: what the handler applied, in order.
 //! - `POST /probe/fill` `{"size"}` and `/probe/free`: fill the database up
@@ -91,7 +91,6 @@ struct Payload {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishRequest {
-    topic: String,
     keys: u32,
     count: u32,
     #[serde(default)]
@@ -106,7 +105,7 @@ fn publish_many(request: &Request, _: &Params) -> Result<Response, Error> {
             seq: (i / keys).into(),
             poison: request.poison,
         };
-        publish(&request.topic, format!("k{}", i % keys), &Probed::Probed(payload))?;
+        publish(format!("k{}", i % keys), &Probed::Probed(payload))?;
     }
     Ok(Response::json(202, &serde_json::json!({ "published": request.count })))
 }
