@@ -20,7 +20,8 @@ use anyhow::{Context as _, bail};
 mod serve;
 
 /// The guest crates, each built into `target/wasm32-wasip2/release/NAME.wasm`:
-/// the four bounded contexts, and the components only the tests load.
+/// the four bounded contexts, and the components only the tests and the
+/// benchmarks load.
 const COMPONENTS: &[&str] = &[
     "order",
     "payment",
@@ -29,6 +30,7 @@ const COMPONENTS: &[&str] = &[
     "probe",
     "hostile",
     "broken-payment",
+    "ping",
 ];
 const GUEST_TARGET: &str = "wasm32-wasip2";
 
