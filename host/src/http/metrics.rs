@@ -42,13 +42,13 @@ const LAG_EVERY: Duration = Duration::from_secs(1);
 static LAG_REFRESH: Throttle = Throttle::new(LAG_EVERY);
 
 /// Lets something happen at most once per period.
-struct Throttle {
+pub(super) struct Throttle {
     period: Duration,
     last: Mutex<Option<Instant>>,
 }
 
 impl Throttle {
-    const fn new(period: Duration) -> Throttle {
+    pub(super) const fn new(period: Duration) -> Throttle {
         Throttle {
             period,
             last: Mutex::new(None),
@@ -56,7 +56,7 @@ impl Throttle {
     }
 
     /// Whether it may happen at `now`; if so, the next time is a period on.
-    fn claim(&self, now: Instant) -> bool {
+    pub(super) fn claim(&self, now: Instant) -> bool {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|last| now < last + self.period) {
             return false;

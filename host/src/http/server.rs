@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_io_timeout::TimeoutStream;
 
+use super::metrics::Throttle;
 use crate::config::Server;
 
 /// Files the host keeps for itself beside its connections: databases and
@@ -50,22 +51,21 @@ pub async fn serve(
         "accepting connections"
     );
     let slots = Arc::new(Semaphore::new(max_connections));
+    let warned = Throttle::new(WARN_EVERY);
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-    let mut last_warned: Option<Instant> = None;
 
     tokio::pin!(shutdown);
     loop {
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                if last_warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                if warned.claim(Instant::now()) {
                     tracing::warn!(
                         max_connections,
                         "connection limit reached: new connections wait until one closes"
                     );
-                    last_warned = Some(Instant::now());
                 }
                 tokio::select! {
                     slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
