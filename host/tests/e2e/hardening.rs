@@ -148,6 +148,19 @@ async fn faults_are_validated_and_their_delay_counts_against_the_deadline() -> a
     Ok(())
 }
 
+/// The sink's subscription as `GET /admin/subscriptions` shows it (null if
+/// absent).
+async fn sink_subscription(host: &Host) -> anyhow::Result<Value> {
+    let (_, subscriptions) = host.admin(Method::GET, "/admin/subscriptions").await?;
+    Ok(subscriptions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["consumer"] == "sink")
+        .cloned()
+        .unwrap_or_default())
+}
+
 #[tokio::test]
 async fn a_full_database_is_507_and_its_events_wait_instead_of_dying() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -176,14 +189,7 @@ async fn a_full_database_is_507_and_its_events_wait_instead_of_dying() -> anyhow
     let (status, body) = host.post("/probe/publish", json!({ "keys": 4, "count": 200 })).await?;
     assert_eq!(status, 202, "{body}");
     eventually("the sink to run out of room", Duration::from_secs(20), || async {
-        let (_, subscriptions) = host.admin(Method::GET, "/admin/subscriptions").await?;
-        let sink = subscriptions
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|s| s["consumer"] == "sink")
-            .cloned()
-            .unwrap_or_default();
+        let sink = sink_subscription(&host).await?;
         Ok(sink["lastError"]
             .as_str()
             .is_some_and(|e| e.contains("full"))
@@ -482,14 +488,7 @@ async fn a_component_cannot_grow_the_event_log_or_the_dead_letters_beyond_their_
         "every event to reach the dead letters",
         Duration::from_secs(30),
         || async {
-            let (_, subscriptions) = host.admin(Method::GET, "/admin/subscriptions").await?;
-            let sink = subscriptions
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|s| s["consumer"] == "sink")
-                .cloned()
-                .unwrap_or_default();
+            let sink = sink_subscription(&host).await?;
             Ok((sink["deadLettered"] == 30).then_some(()))
         },
     )
