@@ -27,19 +27,26 @@ pub async fn render(runtime: &Runtime) -> String {
     }
     // Lag is counted in the log, which costs more the longer the log: at
     // most once per LAG_EVERY, however often (or by how many) it is scraped.
-    if LAG_REFRESH.claim(Instant::now()) {
+    // Scrapes that arrive during a count wait for it, so none answers
+    // without the gauges.
+    let mut counted = LAG_COUNTED.lock().await;
+    if counted.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
         for sub in runtime.subscription_logs().await.unwrap_or_default() {
+            let lag = sub.lag() as f64;
             let labels = [("consumer", sub.consumer), ("topic", sub.topic)];
-            metrics::gauge!("rentcar_event_lag", &labels).set(sub.log.lag as f64);
+            metrics::gauge!("rentcar_event_lag", &labels).set(lag);
         }
+        *counted = Some(Instant::now());
     }
+    drop(counted);
     telemetry::render()
 }
 
 /// How often a scrape counts the event lag again.
 const LAG_EVERY: Duration = Duration::from_secs(1);
 
-static LAG_REFRESH: Throttle = Throttle::new(LAG_EVERY);
+/// When the lag was last counted.
+static LAG_COUNTED: tokio::sync::Mutex<Option<Instant>> = tokio::sync::Mutex::const_new(None);
 
 /// Lets something happen at most once per period.
 pub(super) struct Throttle {
