@@ -46,6 +46,7 @@ pub async fn serve(
         config: runtime.config.clone(),
         registry: runtime.registry.clone(),
         bus: runtime.bus.clone(),
+        dead_letters: runtime.dead_letters.clone(),
         stats: runtime.stats.clone(),
     };
     events::start(&pipeline, &token, &tracker);

@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
 
 /// Crates only some modules may name, and which.
 const CONFINED: &[(&str, &[&str])] = &[
-    ("rusqlite", &["store", "events/log.rs", "capabilities/sql.rs"]),
+    ("rusqlite", &["store", "events/embedded", "capabilities/sql.rs"]),
     ("axum", &["http"]),
     ("hyper", &["http"]),
 ];

@@ -39,6 +39,46 @@ pub struct Config {
     pub admin: Admin,
     #[serde(default)]
     pub delivery: Delivery,
+    #[serde(default)]
+    pub bus: Bus,
+}
+
+/// Where events travel between components: the embedded log in the data
+/// directory (the default), or a Kafka cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bus {
+    pub kind: BusKind,
+    /// Kafka's bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: Option<String>,
+    /// Put before every topic name on the broker (and consumer group).
+    pub topic_prefix: String,
+    /// Partitions of each topic the host creates: events go to the
+    /// partition of their key, so that one key's events keep their order.
+    /// A topic keeps the partitions it was created with.
+    pub partitions: u32,
+    /// Passed through to librdkafka (e.g. `security.protocol`).
+    pub client: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    #[default]
+    Embedded,
+    Kafka,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Bus {
+            kind: BusKind::Embedded,
+            brokers: None,
+            topic_prefix: String::new(),
+            partitions: 4,
+            client: BTreeMap::new(),
+        }
+    }
 }
 
 /// How events are delivered to subscribers, and how long the log keeps them.
@@ -51,11 +91,6 @@ pub struct Delivery {
     /// Wait after the first failed attempt; doubles up to `max_backoff_ms`.
     pub backoff_ms: u64,
     pub max_backoff_ms: u64,
-    /// Partitions per subscription: from a failed event on, the rest of a
-    /// batch is split by a hash of the event key and the partitions are
-    /// delivered in parallel, in order within each (until then a batch
-    /// goes in log order, in runs).
-    pub partitions: u32,
     /// Under load, a relay or a dispatcher woken by new events starts its
     /// next batch at most this often (ms), so that one transaction carries
     /// many events; an idle one starts at once (0: never wait).
@@ -78,7 +113,6 @@ impl Default for Delivery {
             max_attempts: 8,
             backoff_ms: 50,
             max_backoff_ms: 5_000,
-            partitions: 4,
             linger_ms: 2,
             retention_hours: 24 * 7,
             retention_events: 1_000_000,

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Config, ConfigError, Subscription};
+use super::{BusKind, Config, ConfigError, Subscription};
 
 /// Longest `delivery.linger_ms`.
 const MAX_LINGER_MS: u64 = 1_000;
@@ -119,8 +119,15 @@ impl Config {
             return invalid("[server] needs header_timeout_ms and max_connections above zero".into());
         }
         let delivery = self.delivery;
-        if delivery.max_attempts == 0 || delivery.partitions == 0 || delivery.partitions > 64 {
-            return invalid("[delivery] needs max_attempts >= 1 and partitions from 1 to 64".into());
+        if delivery.max_attempts == 0 {
+            return invalid("[delivery] needs max_attempts >= 1".into());
+        }
+        let bus = &self.bus;
+        if bus.partitions == 0 || bus.partitions > 1024 {
+            return invalid("[bus] partitions is from 1 to 1024".into());
+        }
+        if bus.kind == BusKind::Kafka && bus.brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
+            return invalid("[bus] kind = \"kafka\" needs brokers, e.g. brokers = \"127.0.0.1:9092\"".into());
         }
         if delivery.retention_interval_ms == 0 {
             return invalid("[delivery] retention_interval_ms must be above zero".into());

@@ -1,8 +1,9 @@
 //! The dispatcher of one subscription: reads the log from the consumer's
-//! position and delivers runs of events, retrying, partitioning by key after
-//! a failure, and moving what cannot be applied to the dead letters.
+//! positions and delivers runs of events, retrying, going partition by
+//! partition after a failure, and moving what cannot be applied to the dead
+//! letters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use tracing::Instrument as _;
 use crate::bindings::event_handler::Event;
 use crate::clock::now_ms;
 use crate::config::{Delivery, Subscription};
-use crate::events::log::{DeadLetter, Envelope, EventBus};
+use crate::events::log::{DeadLetter, DeadLetters, Envelope, EventBus, Offsets, Record};
 use crate::instance::memory::OverBudget;
 use crate::instance::registry::Registry;
 use crate::instance::slot::{Delivered, Loaded};
@@ -21,7 +22,6 @@ use crate::store::lacks_storage;
 use crate::telemetry;
 
 use super::pace::Pace;
-use super::partition::partition;
 use super::stats::Stats;
 use super::{BATCH, SAVE_EVERY};
 
@@ -42,6 +42,7 @@ pub(super) struct Dispatcher {
     pub(super) subscription: Subscription,
     pub(super) registry: Arc<Registry>,
     pub(super) bus: Arc<dyn EventBus>,
+    pub(super) dead_letters: Arc<dyn DeadLetters>,
     pub(super) stats: Arc<Stats>,
     pub(super) settings: Delivery,
     pub(super) token: CancellationToken,
@@ -50,10 +51,11 @@ pub(super) struct Dispatcher {
 /// Where a dispatcher stands in its topic.
 #[derive(Default)]
 struct Cursor {
-    /// Everything up to it is delivered (`None`: not read from the log yet).
-    position: Option<u64>,
-    /// The position last saved in the log, and when.
-    saved: Option<u64>,
+    /// Per partition, everything up to it is delivered (`None`: not read
+    /// from the log yet).
+    positions: Option<Offsets>,
+    /// The positions last committed to the log, and when.
+    saved: Option<Offsets>,
     saved_at: Option<Instant>,
 }
 
@@ -78,19 +80,19 @@ impl Dispatcher {
                 // Compared by value: waiting on `changed` below marks it seen.
                 let generation = *resets.borrow_and_update();
                 if generation != reset_seen {
-                    // The reset saved position 0; what was not saved is void.
+                    // The reset rewound the positions; what was not saved is void.
                     reset_seen = generation;
                     cursor = Cursor::default();
                 }
-                if cursor.position.is_none() {
-                    match self.bus.position(&self.consumer, &self.topic).await {
-                        Ok(saved) => (cursor.position, cursor.saved) = (Some(saved), Some(saved)),
-                        Err(err) => tracing::error!(cause = %format!("{err:#}"), "cannot read position"),
+                if cursor.positions.is_none() {
+                    match self.bus.committed(&self.consumer, &self.topic).await {
+                        Ok(saved) => (cursor.positions, cursor.saved) = (Some(saved.clone()), Some(saved)),
+                        Err(err) => tracing::error!(cause = %format!("{err:#}"), "cannot read positions"),
                     }
                 }
                 appended.borrow_and_update();
-                let done = match cursor.position {
-                    Some(from) if !stopped => self.batch(from, &mut cursor.position).await,
+                let done = match &mut cursor.positions {
+                    Some(positions) if !stopped => self.batch(positions).await,
                     _ => false,
                 };
                 // Saved at most every SAVE_EVERY (an event delivered again
@@ -99,11 +101,12 @@ impl Dispatcher {
                 if due || self.token.is_cancelled() {
                     self.save(&mut cursor).await;
                 }
-                self.stats
-                    .update(&self.consumer, &self.topic, |s| s.position = cursor.position);
+                self.stats.update(&self.consumer, &self.topic, |s| {
+                    s.positions.clone_from(&cursor.positions)
+                });
                 done
             };
-            let unsaved = cursor.saved != cursor.position;
+            let unsaved = cursor.saved != cursor.positions;
             if self.token.is_cancelled() {
                 return;
             }
@@ -127,23 +130,23 @@ impl Dispatcher {
     }
 
     async fn save(&self, cursor: &mut Cursor) {
-        let Some(position) = cursor.position else {
+        let Some(positions) = &cursor.positions else {
             return;
         };
-        if cursor.saved == Some(position) {
+        if cursor.saved.as_ref() == Some(positions) {
             return;
         }
-        match self.bus.commit(&self.consumer, &self.topic, position).await {
-            Ok(()) => (cursor.saved, cursor.saved_at) = (Some(position), Some(Instant::now())),
-            Err(err) => tracing::error!(cause = %format!("{err:#}"), "cannot save position"),
+        match self.bus.commit(&self.consumer, &self.topic, positions).await {
+            Ok(()) => (cursor.saved, cursor.saved_at) = (Some(positions.clone()), Some(Instant::now())),
+            Err(err) => tracing::error!(cause = %format!("{err:#}"), "cannot save positions"),
         }
     }
 
-    /// Delivers one batch after `from` and moves `position` past what it
-    /// delivered; `false` when there was nothing to do or the batch was
-    /// interrupted.
-    async fn batch(&self, from: u64, position: &mut Option<u64>) -> bool {
-        let batch = match self.bus.read(&self.topic, from, BATCH).await {
+    /// Delivers one batch after `positions` and moves each partition's
+    /// position past what it delivered; `false` when there was nothing to
+    /// do or the batch was interrupted.
+    async fn batch(&self, positions: &mut Offsets) -> bool {
+        let batch = match self.bus.read(&self.consumer, &self.topic, positions, BATCH).await {
             Ok(batch) if !batch.is_empty() => batch,
             Ok(_) => return false,
             Err(err) => {
@@ -154,7 +157,7 @@ impl Dispatcher {
         // Events of types the consumer does not want are done at once.
         let (wanted, skipped): (Vec<_>, Vec<_>) = batch
             .iter()
-            .partition(|entry| self.subscription.wants(&entry.1.event_type));
+            .partition(|record| self.subscription.wants(&record.event.event_type));
         // While all goes well the whole batch goes in runs, in log order
         // (so each key's events keep their order): one transaction per run
         // whatever the partitions. From a failed event on, partitions go
@@ -163,56 +166,42 @@ impl Dispatcher {
         let (mut done, failure) = self.runs(&wanted).await;
         let rest = &wanted[done.len()..];
         // (Events left without a failure: the consumer was stopped.)
-        if let (Some((_, first)), Some(failure)) = (rest.first(), failure) {
-            let failed_partition = partition(&first.key, self.settings.partitions);
+        if let (Some(first), Some(failure)) = (rest.first(), failure) {
             let mut failure = Some(failure);
-            let mut partitions: BTreeMap<u32, Vec<&(u64, Envelope)>> = BTreeMap::new();
-            for &entry in rest {
-                partitions
-                    .entry(partition(&entry.1.key, self.settings.partitions))
-                    .or_default()
-                    .push(entry);
+            let mut partitions: BTreeMap<u32, Vec<&Record>> = BTreeMap::new();
+            for &record in rest {
+                partitions.entry(record.partition).or_default().push(record);
             }
-            // Each partition returns the positions it finished; the failed
+            // Each partition returns the events it finished; the failed
             // event's partition starts with its failure.
-            let finished = join_all(partitions.into_iter().map(|(index, events)| {
-                let failure = if index == failed_partition {
+            let finished = join_all(partitions.into_iter().map(|(partition, records)| {
+                let failure = if partition == first.partition {
                     failure.take()
                 } else {
                     None
                 };
-                self.partition(events, failure)
+                self.partition(records, failure)
             }))
             .await;
             done.extend(finished.into_iter().flatten());
         }
-        done.extend(skipped.iter().map(|(at, _)| *at));
-        done.sort_unstable();
-        // Everything up to the first gap is delivered.
-        let reached = batch
-            .iter()
-            .zip(&done)
-            .take_while(|((at, _), done)| at == *done)
-            .last()
-            .map(|((at, _), _)| *at);
-        let Some(reached) = reached else {
-            return false;
-        };
-        *position = Some(reached);
-        done.len() == batch.len()
+        done.extend(skipped);
+        let finished = done.len() == batch.len();
+        advance(positions, &batch, &done);
+        finished
     }
 
     /// Delivers events in order, in runs of up to `RUN` per transaction,
-    /// until one fails; returns the positions delivered and the failure.
-    /// Fewer positions than events and no failure: the consumer was
+    /// until one fails; returns the events delivered and the failure.
+    /// Fewer of them than events and no failure: the consumer was
     /// stopped.
-    async fn runs(&self, events: &[&(u64, Envelope)]) -> (Vec<u64>, Option<anyhow::Error>) {
+    async fn runs<'a>(&self, events: &[&'a Record]) -> (Vec<&'a Record>, Option<anyhow::Error>) {
         let mut done = Vec::with_capacity(events.len());
         for run in events.chunks(RUN) {
             let Some(loaded) = self.registry.get(&self.consumer) else {
                 break;
             };
-            let envelopes: Vec<&Envelope> = run.iter().map(|(_, envelope)| envelope).collect();
+            let envelopes: Vec<&Envelope> = run.iter().map(|record| &record.event).collect();
             let delivered = deliver_run(&loaded, &envelopes).await.unwrap_or_else(|err| Delivered {
                 applied: 0,
                 failed: Some(err),
@@ -222,7 +211,7 @@ impl Dispatcher {
                 self.stats
                     .update(&self.consumer, &self.topic, |s| s.delivered += delivered.applied as u64);
             }
-            done.extend(run[..delivered.applied].iter().map(|(at, _)| *at));
+            done.extend(&run[..delivered.applied]);
             if delivered.failed.is_some() {
                 return (done, delivered.failed);
             }
@@ -233,14 +222,14 @@ impl Dispatcher {
     /// Delivers one partition's events in order: in runs, except that an
     /// event that fails goes on alone, with retries (its first attempt is
     /// `failure`, when the partition starts with a failed event). Returns
-    /// the positions delivered.
-    async fn partition(&self, events: Vec<&(u64, Envelope)>, mut failure: Option<anyhow::Error>) -> Vec<u64> {
+    /// the events delivered.
+    async fn partition<'a>(&self, records: Vec<&'a Record>, mut failure: Option<anyhow::Error>) -> Vec<&'a Record> {
         let mut done = Vec::new();
-        let mut rest = &events[..];
-        while let Some(&&(at, ref envelope)) = rest.first() {
+        let mut rest = &records[..];
+        while let Some(&record) = rest.first() {
             if let Some(failure) = failure.take() {
-                match self.deliver(at, envelope, failure).await {
-                    Outcome::Done => done.push(at),
+                match self.deliver(record, failure).await {
+                    Outcome::Done => done.push(record),
                     Outcome::Interrupted => break,
                 }
                 rest = &rest[1..];
@@ -260,7 +249,8 @@ impl Dispatcher {
 
     /// Retries an event whose first attempt failed with `failure` until it
     /// is applied or dead-lettered.
-    async fn deliver(&self, at: u64, envelope: &Envelope, failure: anyhow::Error) -> Outcome {
+    async fn deliver(&self, record: &Record, failure: anyhow::Error) -> Outcome {
+        let envelope = &record.event;
         let (first, max) = self.settings.backoff();
         let mut backoff = first;
         let mut attempt = 1;
@@ -304,7 +294,7 @@ impl Dispatcher {
             });
             telemetry::record_deliveries(&self.consumer, &self.topic, "failed", 1);
             if last {
-                return self.dead_letter(at, envelope, attempt, error).await;
+                return self.dead_letter(record, attempt, error).await;
             }
             let pause = if host_full { max } else { backoff };
             tokio::select! {
@@ -318,18 +308,20 @@ impl Dispatcher {
         }
     }
 
-    async fn dead_letter(&self, at: u64, envelope: &Envelope, attempts: u32, last_error: String) -> Outcome {
+    async fn dead_letter(&self, record: &Record, attempts: u32, last_error: String) -> Outcome {
+        let envelope = &record.event;
         let letter = DeadLetter {
             id: 0,
             consumer: self.consumer.clone(),
             topic: self.topic.clone(),
-            position: at,
+            partition: record.partition,
+            offset: record.offset,
             attempts,
             last_error,
             time: now_ms(),
             event: envelope.clone(),
         };
-        match self.bus.add_dead_letter(&letter).await {
+        match self.dead_letters.add(&letter).await {
             Ok(()) => {
                 tracing::error!(event = %envelope.id, event_type = %envelope.event_type, key = %envelope.key, attempts, "event moved to the dead letters");
                 self.stats.update(&self.consumer, &self.topic, |s| s.dead_lettered += 1);
@@ -339,6 +331,23 @@ impl Dispatcher {
                 tracing::error!(cause = %format!("{err:#}"), "cannot store a dead letter");
                 Outcome::Interrupted
             }
+        }
+    }
+}
+
+/// Moves each partition's position up to (not past) its first event in
+/// `batch` that is not among `done`.
+fn advance(positions: &mut Offsets, batch: &[Record], done: &[&Record]) {
+    let done: HashSet<(u32, u64)> = done.iter().map(|record| (record.partition, record.offset)).collect();
+    let mut held = HashSet::new();
+    for record in batch {
+        if held.contains(&record.partition) {
+            continue;
+        }
+        if done.contains(&(record.partition, record.offset)) {
+            positions.insert(record.partition, record.offset);
+        } else {
+            held.insert(record.partition);
         }
     }
 }

@@ -23,6 +23,7 @@
 //!   `database_mib`) and wakes retention.
 
 mod dispatcher;
+pub mod embedded;
 pub mod log;
 mod pace;
 mod partition;
@@ -40,7 +41,7 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::instance::registry::Registry;
-use log::EventBus;
+use log::{DeadLetters, EventBus};
 
 use dispatcher::Dispatcher;
 pub use dispatcher::deliver_once;
@@ -60,6 +61,7 @@ pub struct Pipeline {
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
     pub bus: Arc<dyn EventBus>,
+    pub dead_letters: Arc<dyn DeadLetters>,
     pub stats: Arc<Stats>,
 }
 
@@ -84,6 +86,7 @@ pub fn start(pipeline: &Pipeline, token: &CancellationToken, tracker: &TaskTrack
                 subscription: subscription.clone(),
                 registry: pipeline.registry.clone(),
                 bus: pipeline.bus.clone(),
+                dead_letters: pipeline.dead_letters.clone(),
                 stats: pipeline.stats.clone(),
                 settings: pipeline.config.delivery,
                 token: token.clone(),
@@ -98,6 +101,7 @@ pub fn start(pipeline: &Pipeline, token: &CancellationToken, tracker: &TaskTrack
             pipeline.config.clone(),
             pipeline.registry.clone(),
             pipeline.bus.clone(),
+            pipeline.dead_letters.clone(),
             full,
             token.clone(),
         )

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::events::log::{EventBus, Keep};
+use crate::events::log::{DeadLetters, EventBus, Keep, Offsets};
 use crate::instance::registry::Registry;
 use crate::store::host_tables;
 
@@ -17,6 +17,7 @@ pub(super) async fn retention(
     config: Arc<crate::Config>,
     registry: Arc<Registry>,
     bus: Arc<dyn EventBus>,
+    dead_letters: Arc<dyn DeadLetters>,
     topic_full: Arc<Notify>,
     token: CancellationToken,
 ) {
@@ -38,10 +39,19 @@ pub(super) async fn retention(
         // Every topic in the log: one per component (its own), whether or
         // not anyone subscribes to it.
         for (topic, publisher) in &config.components {
-            let mut delivered = u64::MAX;
+            // Per partition, what every consumer is done with (`None`:
+            // nobody reads the topic).
+            let mut delivered: Option<Offsets> = None;
             for (name, settings) in &config.components {
                 if settings.topics().any(|t| t == topic) {
-                    delivered = delivered.min(bus.position(name, topic).await.unwrap_or(0));
+                    let committed = bus.committed(name, topic).await.unwrap_or_default();
+                    delivered = Some(match delivered {
+                        None => committed,
+                        Some(before) => before
+                            .into_iter()
+                            .filter_map(|(partition, at)| Some((partition, at.min(*committed.get(&partition)?))))
+                            .collect(),
+                    });
                 }
             }
             // Delivered events keep at most half the topic's quota, so that
@@ -51,15 +61,15 @@ pub(super) async fn retention(
                 events: delivery.retention_events,
                 bytes: publisher.limits.log_bytes() / 2,
             };
-            match bus.prune(topic, delivered, keep).await {
+            match bus.prune(topic, delivered.as_ref(), keep).await {
                 Ok(0) => {}
                 Ok(pruned) => tracing::info!(topic, pruned, "old events deleted from the log"),
                 Err(err) => tracing::error!(topic, cause = %format!("{err:#}"), "retention failed"),
             }
         }
         let dead_before = hours_ago(delivery.dead_letter_hours);
-        match bus
-            .prune_dead_letters(dead_before, delivery.dead_letter_mib * 1024 * 1024)
+        match dead_letters
+            .expire(dead_before, delivery.dead_letter_mib * 1024 * 1024)
             .await
         {
             Ok(0) => {}

@@ -3,11 +3,13 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::log::Offsets;
+
 /// What the admin API shows of a subscription besides its position.
 #[derive(Debug, Clone, Default)]
 pub struct SubscriptionStats {
-    /// Where the dispatcher stands, ahead of the position it last saved.
-    pub position: Option<u64>,
+    /// Where the dispatcher stands, ahead of the positions it last saved.
+    pub positions: Option<Offsets>,
     pub delivered: u64,
     pub dead_lettered: u64,
     pub last_error: Option<String>,

@@ -82,7 +82,12 @@ async fn json_errors(response: Response) -> Response {
 }
 
 async fn ready(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
-    if runtime.is_ready() {
+    if !runtime.bus.ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the event bus cannot be reached",
+        )
+    } else if runtime.is_ready() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")

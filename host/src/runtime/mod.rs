@@ -27,9 +27,10 @@ use crate::calls::faults::Faults;
 use crate::calls::policy::Policy;
 use crate::calls::{self, LocalCallee};
 use crate::capabilities;
-use crate::config::{ComponentConfig, Config};
+use crate::config::{BusKind, ComponentConfig, Config};
 use crate::events::Stats;
-use crate::events::log::{EventBus, SqliteBus, TopicStats};
+use crate::events::embedded::SqliteBus;
+use crate::events::log::{DeadLetters, EventBus, PartitionStats};
 use crate::instance::engine::{self, EpochTicker};
 use crate::instance::invocation::Invocation;
 use crate::instance::memory::Budget;
@@ -42,6 +43,7 @@ pub struct Runtime {
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
     pub bus: Arc<dyn EventBus>,
+    pub dead_letters: Arc<dyn DeadLetters>,
     pub stats: Arc<Stats>,
     pub faults: Arc<Faults>,
     /// The call policy of every link, with its circuit.
@@ -60,9 +62,15 @@ pub struct Runtime {
 pub struct SubscriptionLog {
     pub consumer: String,
     pub topic: String,
-    /// Everything up to here is delivered.
-    pub position: u64,
-    pub log: TopicStats,
+    /// Per partition, where the consumer stands and what the log holds.
+    pub partitions: Vec<PartitionStats>,
+}
+
+impl SubscriptionLog {
+    /// Events after the consumer's positions, in all partitions.
+    pub fn lag(&self) -> u64 {
+        self.partitions.iter().map(|p| p.lag).sum()
+    }
 }
 
 impl Runtime {
@@ -90,9 +98,14 @@ impl Runtime {
             memory_budget_mib = memory / (1024 * 1024),
             "memory budget of all instances"
         );
+        if config.bus.kind != BusKind::Embedded {
+            bail!("[bus] kind = \"kafka\" is not available in this build");
+        }
+        let log = Arc::new(SqliteBus::open(&data_dir.join("bus.db"), config.bus.partitions)?);
         let runtime = Runtime {
             memory: Arc::new(Budget::new(memory)),
-            bus: Arc::new(SqliteBus::open(&data_dir.join("bus.db"))?),
+            bus: log.clone(),
+            dead_letters: log,
             registry: Arc::default(),
             stats: Arc::default(),
             faults: Arc::default(),
@@ -131,8 +144,8 @@ impl Runtime {
     pub async fn rewind(&self, loaded: &Loaded) -> anyhow::Result<()> {
         let name = loaded.name();
         for topic in self.config.components[name].topics() {
-            self.bus.commit(name, topic, 0).await?;
-            self.stats.update(name, topic, |s| s.position = None);
+            self.bus.rewind(name, topic).await?;
+            self.stats.update(name, topic, |s| s.positions = None);
         }
         host_tables::rewound(&*loaded.slot.db.lock().await)?;
         loaded.slot.resets.send_modify(|generation| *generation += 1);
@@ -219,16 +232,14 @@ impl Runtime {
         let mut all = Vec::new();
         for (consumer, settings) in &self.config.components {
             for topic in settings.topics() {
-                let position = match self.stats.get(consumer, topic).position {
-                    Some(position) => position,
-                    None => self.bus.position(consumer, topic).await?,
+                let positions = match self.stats.get(consumer, topic).positions {
+                    Some(positions) => positions,
+                    None => self.bus.committed(consumer, topic).await?,
                 };
-                let log = self.bus.topic_stats(topic, position).await?;
                 all.push(SubscriptionLog {
                     consumer: consumer.clone(),
                     topic: topic.to_string(),
-                    position,
-                    log,
+                    partitions: self.bus.partitions(topic, &positions).await?,
                 });
             }
         }

@@ -72,7 +72,7 @@ async fn a_poison_event_goes_to_the_dead_letters_and_replays_after_a_fix() -> an
 #[tokio::test]
 async fn parallel_partitions_keep_the_order_of_each_key() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = probe_config(dir.path(), "partitions = 8")?;
+    let config = probe_config(dir.path(), "[bus]\npartitions = 8")?;
     let host = Host::start_with(&config, &dir.path().join("data"))?;
     for _ in 0..4 {
         let (status, _) = host.post("/probe/publish", json!({ "keys": 16, "count": 400 })).await?;

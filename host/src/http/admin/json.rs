@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::events::SubscriptionStats;
-use crate::events::log::{DeadLetter as StoredLetter, TopicStats};
+use crate::events::log::{DeadLetter as StoredLetter, PartitionStats};
 use crate::instance::registry::Status;
 
 /// A component: `GET /admin/components`, and the answer of a deploy, a
@@ -34,25 +34,40 @@ impl From<Status> for Component {
     }
 }
 
-/// One subscription: `GET /admin/subscriptions`.
+/// One subscription: `GET /admin/subscriptions`. Its position, head, lag
+/// and retained events are the sums over the topic's partitions, each of
+/// which is listed too.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Subscription {
     pub consumer: String,
     pub topic: String,
     pub state: &'static str,
-    /// Everything up to here is delivered.
+    /// Events delivered (each partition's position, summed).
     pub position: u64,
-    /// The topic's last position (0 when it never had an event).
+    /// Events ever appended (each partition's last offset, summed).
     pub head: u64,
-    /// Events after the position.
+    /// Events after the positions.
     pub lag: u64,
-    /// Events of the topic still in the log.
-    pub retained: u64,
+    /// Events of the topic still in the log, where the log says.
+    pub retained: Option<u64>,
+    pub partitions: Vec<Partition>,
     pub delivered: u64,
     pub dead_lettered: u64,
     pub last_error: Option<String>,
     pub last_error_at: Option<u64>,
+}
+
+/// One partition of a subscription's topic.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Partition {
+    partition: u32,
+    /// Everything up to this offset is delivered.
+    position: u64,
+    /// The partition's last offset (0 when it never had an event).
+    head: u64,
+    lag: u64,
 }
 
 impl Subscription {
@@ -60,18 +75,27 @@ impl Subscription {
         consumer: String,
         topic: String,
         state: &'static str,
-        position: u64,
-        log: TopicStats,
+        partitions: &[PartitionStats],
         stats: SubscriptionStats,
     ) -> Subscription {
+        let sum = |field: fn(&PartitionStats) -> u64| partitions.iter().map(field).sum();
         Subscription {
             consumer,
             topic,
             state,
-            position,
-            head: log.head,
-            lag: log.lag,
-            retained: log.retained,
+            position: sum(|p| p.position),
+            head: sum(|p| p.head),
+            lag: sum(|p| p.lag),
+            retained: partitions.iter().map(|p| p.retained).sum(),
+            partitions: partitions
+                .iter()
+                .map(|p| Partition {
+                    partition: p.partition,
+                    position: p.position,
+                    head: p.head,
+                    lag: p.lag,
+                })
+                .collect(),
             delivered: stats.delivered,
             dead_lettered: stats.dead_lettered,
             last_error: stats.last_error,
@@ -87,8 +111,9 @@ pub struct DeadLetter {
     id: i64,
     consumer: String,
     topic: String,
-    /// The event's position in its topic.
-    position: u64,
+    /// Where the event was in its topic.
+    partition: u32,
+    offset: u64,
     attempts: u32,
     last_error: String,
     /// When it was dead-lettered, milliseconds since the Unix epoch.
@@ -117,7 +142,8 @@ impl From<StoredLetter> for DeadLetter {
             id: letter.id,
             consumer: letter.consumer,
             topic: letter.topic,
-            position: letter.position,
+            partition: letter.partition,
+            offset: letter.offset,
             attempts: letter.attempts,
             last_error: letter.last_error,
             time: letter.time,

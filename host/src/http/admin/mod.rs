@@ -121,7 +121,7 @@ async fn subscriptions(State(runtime): State<Arc<Runtime>>) -> Result<Response, 
                 "stopped"
             };
             let stats = runtime.stats.get(&sub.consumer, &sub.topic);
-            Subscription::new(sub.consumer, sub.topic, state, sub.position, sub.log, stats)
+            Subscription::new(sub.consumer, sub.topic, state, &sub.partitions, stats)
         })
         .collect();
     Ok(Json(all).into_response())
@@ -168,7 +168,7 @@ async fn reset(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) ->
 }
 
 async fn dead_letters(State(runtime): State<Arc<Runtime>>) -> Result<Response, ApiError> {
-    let letters = runtime.bus.dead_letters().await.map_err(ApiError::Internal)?;
+    let letters = runtime.dead_letters.all().await.map_err(ApiError::Internal)?;
     Ok(Json(letters.into_iter().map(DeadLetter::from).collect::<Vec<_>>()).into_response())
 }
 
@@ -178,8 +178,8 @@ async fn replay(State(runtime): State<Arc<Runtime>>, Path(id): Path<String>) -> 
         return Err(ApiError::BadRequest("a dead letter id is an integer".into()));
     };
     let letter = runtime
-        .bus
-        .dead_letter(id)
+        .dead_letters
+        .get(id)
         .await
         .map_err(ApiError::Internal)?
         .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id}")))?;
@@ -195,7 +195,7 @@ async fn replay(State(runtime): State<Arc<Runtime>>, Path(id): Path<String>) -> 
             message: format!("the event still fails: {err:#}"),
         });
     }
-    runtime.bus.remove_dead_letter(id).await.map_err(ApiError::Internal)?;
+    runtime.dead_letters.remove(id).await.map_err(ApiError::Internal)?;
     tracing::info!(dead_letter = id, consumer = %letter.consumer, event = %letter.event.id, "dead letter replayed");
     Ok(Json(serde_json::json!({ "id": id, "replayed": true })).into_response())
 }
