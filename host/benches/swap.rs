@@ -10,6 +10,9 @@
 
 #![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
+#[path = "../tests/e2e/broker.rs"]
+#[allow(dead_code, reason = "the harness runs hosts on Kafka when asked")]
+mod broker;
 #[path = "../tests/e2e/harness.rs"]
 #[allow(dead_code, reason = "the bench uses part of the test harness")]
 mod harness;

@@ -5,7 +5,9 @@
 //!   with data under `./data` (`cargo xtask serve`: the same without the
 //!   build). The host replaces the xtask process (module [`serve`]), so a
 //!   SIGTERM to the process `cargo xtask run` started stops the host.
-//! - `cargo xtask test`: builds, then runs every test against the real host.
+//! - `cargo xtask test`: builds, installs tansu (a Kafka-protocol broker)
+//!   into a cache if missing, runs every test against the real host, then
+//!   the end-to-end suite again with every host's events on tansu.
 //! - `cargo xtask bench`: builds, installs the load generator (oha) if
 //!   missing, and runs the load benchmark against the host, the native
 //!   baseline and, when installed, `wasmtime serve`.
@@ -17,6 +19,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
+mod kafka;
 mod serve;
 
 /// The guest crates, each built into `target/wasm32-wasip2/release/NAME.wasm`:
@@ -60,9 +63,26 @@ fn main() -> anyhow::Result<()> {
         }
         "test" => {
             build()?;
+            let tansu = kafka::tansu()?;
             // The default members: the host, xtask and the SDK (its unit
             // tests run natively), not the guests.
-            run(cargo().args(["test", "--release"]).args(rest))
+            run(cargo()
+                .args(["test", "--release"])
+                .args(rest)
+                .env("RENTCAR_TANSU", &tansu))?;
+            if !rest.is_empty() {
+                return Ok(());
+            }
+            // The end-to-end suite again, every host's events on a Kafka
+            // broker (retention there is the broker's, not the host's).
+            eprintln!("xtask: the end-to-end suite on Kafka");
+            let broker = kafka::Broker::start(&tansu)?;
+            run(cargo()
+                .args(["test", "--release", "-p", "rentcar-host", "--test", "e2e", "--"])
+                .args(["--skip", "events::retention_bounds_the_log_once_events_are_delivered"])
+                .env("RENTCAR_TANSU", &tansu)
+                .env("RENTCAR_TEST_BUS", "kafka")
+                .env("RENTCAR_TEST_BROKERS", &broker.address))
         }
         _ => {
             eprintln!("usage: cargo xtask <build|run|serve|test|bench> [args...]");

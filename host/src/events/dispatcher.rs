@@ -86,7 +86,10 @@ impl Dispatcher {
                 }
                 if cursor.positions.is_none() {
                     match self.bus.committed(&self.consumer, &self.topic).await {
-                        Ok(saved) => (cursor.positions, cursor.saved) = (Some(saved.clone()), Some(saved)),
+                        Ok(saved) => {
+                            tracing::debug!(positions = ?saved, "positions read");
+                            (cursor.positions, cursor.saved) = (Some(saved.clone()), Some(saved));
+                        }
                         Err(err) => tracing::error!(cause = %format!("{err:#}"), "cannot read positions"),
                     }
                 }
@@ -115,7 +118,7 @@ impl Dispatcher {
                     _ = appended.changed(), if !stopped => pace.wait_unless(&self.token).await,
                     _ = changes.changed() => {}
                     _ = resets.changed() => {}
-                    _ = tokio::time::sleep(self.settings.backoff().1), if !stopped => {}
+                    _ = tokio::time::sleep(self.bus.idle_read().unwrap_or(self.settings.backoff().1)), if !stopped => {}
                     _ = tokio::time::sleep(SAVE_EVERY), if unsaved => {}
                     _ = self.token.cancelled() => {
                         let _turn = slot.delivery.lock().await;

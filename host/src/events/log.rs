@@ -12,6 +12,7 @@
 //! SQLite file (`bus.db`). Components never see the seam.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -90,6 +91,19 @@ pub trait EventBus: Send + Sync + 'static {
     /// that `keep` does not keep; returns how many went. A log whose
     /// retention is its own (a broker's) deletes nothing.
     async fn prune(&self, topic: &str, delivered: Option<&Offsets>, keep: Keep) -> anyhow::Result<usize>;
+    /// Makes sure `topics` exist (a broker's are created with the
+    /// configured partitions; the embedded log makes a topic at its first
+    /// event).
+    async fn prepare(&self, _topics: &[String]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// How soon a dispatcher that read nothing reads again unless
+    /// [`watch`](EventBus::watch) wakes it first: `None` for a log whose
+    /// every append the watch tells (then a slow sweep will do); a
+    /// broker's reads wait for events themselves.
+    fn idle_read(&self) -> Option<Duration> {
+        None
+    }
     /// Whether the log can be used now (a broker reached, its topics made).
     fn ready(&self) -> bool {
         true

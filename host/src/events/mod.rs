@@ -24,6 +24,7 @@
 
 mod dispatcher;
 pub mod embedded;
+pub mod kafka;
 pub mod log;
 mod pace;
 mod partition;
@@ -49,6 +50,24 @@ use relay::{Outbox, relay};
 use retention::retention;
 pub use stats::{Stats, SubscriptionStats};
 
+/// Makes the topics of every component on the bus, retrying until the bus
+/// can be reached (meanwhile events wait in the outboxes and `/readyz`
+/// says the bus is down).
+async fn prepare(bus: Arc<dyn EventBus>, topics: Vec<String>, token: CancellationToken) {
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match bus.prepare(&topics).await {
+            Ok(()) => return tracing::info!(topics = topics.len(), "event bus ready"),
+            Err(err) => tracing::error!(cause = %format!("{err:#}"), "cannot reach the event bus; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = token.cancelled() => return,
+        }
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
+}
+
 /// Events moved or read per round trip to a database.
 const BATCH: usize = 256;
 /// How often a busy dispatcher saves its position, and a busy relay
@@ -68,6 +87,9 @@ pub struct Pipeline {
 /// Starts a relay per component, a dispatcher per subscription and the
 /// retention task, until `token` is cancelled.
 pub fn start(pipeline: &Pipeline, token: &CancellationToken, tracker: &TaskTracker) {
+    let topics: Vec<String> = pipeline.config.components.keys().cloned().collect();
+    let span = tracing::info_span!("bus");
+    tracker.spawn(prepare(pipeline.bus.clone(), topics, token.clone()).instrument(span));
     // A relay whose topic is full wakes retention before its time.
     let full = Arc::new(Notify::new());
     for loaded in pipeline.registry.all() {

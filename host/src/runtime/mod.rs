@@ -30,6 +30,7 @@ use crate::capabilities;
 use crate::config::{BusKind, ComponentConfig, Config};
 use crate::events::Stats;
 use crate::events::embedded::SqliteBus;
+use crate::events::kafka::KafkaBus;
 use crate::events::log::{DeadLetters, EventBus, PartitionStats};
 use crate::instance::engine::{self, EpochTicker};
 use crate::instance::invocation::Invocation;
@@ -98,14 +99,16 @@ impl Runtime {
             memory_budget_mib = memory / (1024 * 1024),
             "memory budget of all instances"
         );
-        if config.bus.kind != BusKind::Embedded {
-            bail!("[bus] kind = \"kafka\" is not available in this build");
-        }
-        let log = Arc::new(SqliteBus::open(&data_dir.join("bus.db"), config.bus.partitions)?);
+        // Dead letters stay on this machine whichever the bus.
+        let local = Arc::new(SqliteBus::open(&data_dir.join("bus.db"), config.bus.partitions)?);
+        let bus: Arc<dyn EventBus> = match config.bus.kind {
+            BusKind::Embedded => local.clone(),
+            BusKind::Kafka => Arc::new(KafkaBus::new(&config.bus)?),
+        };
         let runtime = Runtime {
             memory: Arc::new(Budget::new(memory)),
-            bus: log.clone(),
-            dead_letters: log,
+            bus,
+            dead_letters: local,
             registry: Arc::default(),
             stats: Arc::default(),
             faults: Arc::default(),

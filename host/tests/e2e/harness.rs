@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
+use crate::broker;
+
 /// The admin token every test host is started with.
 pub const TOKEN: &str = "test-admin-token";
 
@@ -90,6 +92,13 @@ impl Host {
                 );
             }
         }
+        let on_kafka;
+        let config = if broker::on_kafka() {
+            on_kafka = broker::on_broker(config, data_dir, &broker::shared()?)?;
+            &on_kafka
+        } else {
+            config
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_rentcar-host"))
             .arg("serve")
             .arg("--config")

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real components in the real host, over HTTP.
 
+mod broker;
 mod harness;
 
 mod api;
@@ -10,6 +11,7 @@ mod flow;
 mod framework;
 mod guests;
 mod hardening;
+mod kafka;
 mod lifecycle;
 mod resilience;
 mod swap;

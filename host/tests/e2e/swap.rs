@@ -28,6 +28,14 @@ async fn swapping_under_load_fails_no_request() -> anyhow::Result<()> {
         cars.push(host.car(name, 1_000_000).await?);
     }
     let first = host.order(cars[0], 1).await?;
+    // The view knows every car before the load reads it.
+    for &car in &cars {
+        eventually("the view to show the car", Duration::from_secs(20), || async {
+            let (status, _) = host.get(&format!("/availability/{car}")).await?;
+            Ok((status == 200).then_some(()))
+        })
+        .await?;
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

@@ -1,0 +1,494 @@
+//! The Kafka event log: [`EventBus`] over a Kafka cluster, with rdkafka
+//! (librdkafka), speaking only the Kafka protocol.
+//!
+//! - A topic `t` is the broker's `<prefix>t`, created at start with the
+//!   configured partitions if missing. An event is one record: its key the
+//!   correlation key (partitioned with `murmur2_random`, Kafka's Java
+//!   default and our [`partition`](super::partition::partition)), its value
+//!   the payload, the rest of its envelope in headers.
+//! - The producer is idempotent (`enable.idempotence`, `acks=all`): an
+//!   append returns once the broker acknowledged every event, so the relay
+//!   deletes outbox rows only then.
+//! - Each subscribing component is the consumer group `<prefix><name>`;
+//!   its dispatcher reads every partition of a topic from the positions it
+//!   holds, and commits them to the group. Our offsets are Kafka's plus
+//!   one, so a position (the last offset done) is Kafka's committed offset
+//!   (the next to read).
+//! - Retention is the broker's: `prune` deletes nothing and topics have no
+//!   byte count here.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use futures::FutureExt as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+use super::log::{Envelope, EventBus, Keep, Offsets, PartitionStats, Record};
+use crate::config::Bus;
+
+/// How long a read waits for a first event before it answers "none yet".
+const FIRST_EVENT_WAIT: Duration = Duration::from_millis(250);
+/// How long the broker may hold a fetch with nothing to answer: an event
+/// appended meanwhile may wait for the next one.
+const FETCH_WAIT_MS: &str = "50";
+/// How long a request about metadata, offsets or watermarks may take.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an event may wait for the broker before its append fails (and
+/// the relay, which keeps it in the outbox, tries again).
+const DELIVERY_TIMEOUT_MS: &str = "10000";
+
+pub struct KafkaBus {
+    client: ClientConfig,
+    prefix: String,
+    partitions: u32,
+    producer: FutureProducer,
+    /// Asks the broker about topics (metadata, watermarks); in no group.
+    meta: Arc<BaseConsumer>,
+    /// Per (consumer, topic), the consumer its dispatcher reads with.
+    readers: Mutex<HashMap<(String, String), Shared<Reader>>>,
+    /// Per topic, its partition count once known.
+    counts: Mutex<HashMap<String, u32>>,
+    appended: Mutex<HashMap<String, watch::Sender<u64>>>,
+    appends: AtomicU64,
+    /// Whether every topic exists on the broker (see [`KafkaBus::prepare`]).
+    ready: AtomicBool,
+}
+
+/// Held across awaits by one task at a time.
+type Shared<T> = Arc<tokio::sync::Mutex<T>>;
+
+/// A group member reading one topic.
+struct Reader {
+    consumer: Arc<StreamConsumer>,
+    /// Per partition, the offset of the last record read (`None`: to be
+    /// assigned anew).
+    next: Option<Offsets>,
+    /// Per partition, an offset found missing and how many fetches in a row
+    /// skipped it.
+    missing: HashMap<u32, (u64, u32)>,
+}
+
+/// Whether a read takes a record.
+enum Take {
+    Yes,
+    /// Read before (a fetch from before the last assignment): dropped.
+    Seen,
+    /// Past a record not read yet: the partition is fetched again.
+    Refetch,
+}
+
+/// Fetches in a row that may skip an offset before it counts as missing
+/// from the partition (deleted by the broker's retention, say).
+const SKIPS_BEFORE_MISSING: u32 = 3;
+
+impl Reader {
+    /// Offsets of a partition follow each other (our producer is
+    /// idempotent, not transactional, and topics are not compacted), and
+    /// a position must never pass a record not delivered: a record out of
+    /// order (seen from some brokers and after a reassignment) is dropped
+    /// or makes the partition be fetched again.
+    fn take(&mut self, record: &Record) -> Take {
+        let Some(next) = self.next.as_mut() else {
+            return Take::Seen;
+        };
+        let expected = next.get(&record.partition).copied().unwrap_or(0) + 1;
+        if record.offset < expected {
+            return Take::Seen;
+        }
+        if record.offset > expected {
+            let skips = self.missing.entry(record.partition).or_insert((expected, 0));
+            if skips.0 != expected {
+                *skips = (expected, 0);
+            }
+            skips.1 += 1;
+            if skips.1 < SKIPS_BEFORE_MISSING {
+                self.next = None;
+                return Take::Refetch;
+            }
+            tracing::warn!(
+                partition = record.partition,
+                from = expected,
+                to = record.offset - 1,
+                "offsets missing from the partition; going on after them"
+            );
+        }
+        self.missing.remove(&record.partition);
+        next.insert(record.partition, record.offset);
+        Take::Yes
+    }
+}
+
+impl KafkaBus {
+    /// A bus on the brokers of `settings`. Nothing is asked of the broker
+    /// yet: [`KafkaBus::prepare`] creates the topics.
+    pub fn new(settings: &Bus) -> anyhow::Result<KafkaBus> {
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", settings.brokers.as_deref().unwrap_or_default());
+        let mut producer = client.clone();
+        producer
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("message.timeout.ms", DELIVERY_TIMEOUT_MS)
+            .set("linger.ms", "1")
+            // One record per batch: tansu answers a fetch from the middle
+            // of a batch with the next batch, so a consumer resuming there
+            // would skip records. `[bus.client]` may raise it for brokers
+            // that do not (Apache Kafka, Redpanda).
+            .set("batch.num.messages", "1");
+        // Settings of `[bus.client]` go last: the operator's word wins.
+        for (key, value) in &settings.client {
+            client.set(key, value);
+            producer.set(key, value);
+        }
+        let producer = producer.create().context("cannot create the Kafka producer")?;
+        let meta = client.create().context("cannot create a Kafka client")?;
+        Ok(KafkaBus {
+            meta: Arc::new(meta),
+            client,
+            prefix: settings.topic_prefix.clone(),
+            partitions: settings.partitions,
+            producer,
+            readers: Mutex::default(),
+            counts: Mutex::default(),
+            appended: Mutex::default(),
+            appends: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// The broker's name of `topic`.
+    fn name(&self, topic: &str) -> String {
+        format!("{}{topic}", self.prefix)
+    }
+
+    fn reader(&self, consumer: &str, topic: &str) -> anyhow::Result<Shared<Reader>> {
+        let mut readers = self.readers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let key = (consumer.to_string(), topic.to_string());
+        if let Some(reader) = readers.get(&key) {
+            return Ok(reader.clone());
+        }
+        let consumer: StreamConsumer = self
+            .client
+            .clone()
+            .set("group.id", format!("{}{consumer}", self.prefix))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+            .create()
+            .context("cannot create a Kafka consumer")?;
+        let reader = Arc::new(tokio::sync::Mutex::new(Reader {
+            consumer: Arc::new(consumer),
+            next: None,
+            missing: HashMap::new(),
+        }));
+        readers.insert(key, reader.clone());
+        Ok(reader)
+    }
+
+    /// How many partitions `topic` has, asked of the broker once.
+    async fn count(&self, topic: &str) -> anyhow::Result<u32> {
+        if let Some(&count) = self.counts.lock().unwrap_or_else(|p| p.into_inner()).get(topic) {
+            return Ok(count);
+        }
+        let (consumer, name) = (self.meta.clone(), self.name(topic));
+        let count = blocking(move || {
+            let metadata = consumer.fetch_metadata(Some(&name), ASK_TIMEOUT)?;
+            Ok(metadata.topics().first().map_or(0, |t| t.partitions().len() as u32))
+        })
+        .await?;
+        if count > 0 {
+            self.counts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(topic.to_string(), count);
+        }
+        Ok(count)
+    }
+
+    /// `positions` as Kafka offsets of `topic`'s partitions.
+    fn list(&self, topic: &str, positions: &Offsets) -> anyhow::Result<TopicPartitionList> {
+        let mut list = TopicPartitionList::new();
+        for (&partition, &position) in positions {
+            list.add_partition_offset(&self.name(topic), partition as i32, Offset::Offset(position as i64))?;
+        }
+        Ok(list)
+    }
+}
+
+#[async_trait]
+impl EventBus for KafkaBus {
+    /// Creates the `topics` that are missing, with the configured
+    /// partitions; until it succeeds the bus is not ready.
+    async fn prepare(&self, topics: &[String]) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> =
+            self.client.create().context("cannot create the Kafka admin client")?;
+        let names: Vec<String> = topics.iter().map(|topic| self.name(topic)).collect();
+        let new: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|name| NewTopic::new(name, self.partitions as i32, TopicReplication::Fixed(1)))
+            .collect();
+        let options = AdminOptions::new()
+            .operation_timeout(Some(ASK_TIMEOUT))
+            .request_timeout(Some(ASK_TIMEOUT));
+        let results = admin
+            .create_topics(&new, &options)
+            .await
+            .context("cannot create topics")?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+            }
+        }
+        self.ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn append(&self, events: &[Envelope]) -> anyhow::Result<()> {
+        // Enqueued in order (one key's events keep theirs), then awaited.
+        let mut deliveries = Vec::with_capacity(events.len());
+        for event in events {
+            let name = self.name(&event.topic);
+            let record = FutureRecord::to(&name)
+                .key(&event.key)
+                .payload(&event.payload)
+                .timestamp(event.time as i64)
+                .headers(headers(event));
+            match self.producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((err, _)) => return Err(err).context("cannot hand an event to the Kafka producer"),
+            }
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((err, _))) => return Err(err).context("the broker did not take an event"),
+                Err(_) => anyhow::bail!("the Kafka producer went away"),
+            }
+        }
+        let count = self.appends.fetch_add(1, Ordering::Relaxed) + 1;
+        let watched = self.appended.lock().unwrap_or_else(|p| p.into_inner());
+        for event in events {
+            if let Some(sender) = watched.get(&event.topic) {
+                sender.send_replace(count);
+            }
+        }
+        Ok(())
+    }
+
+    async fn read(&self, consumer: &str, topic: &str, after: &Offsets, limit: usize) -> anyhow::Result<Vec<Record>> {
+        let reader = self.reader(consumer, topic)?;
+        let mut reader = reader.lock().await;
+        let count = self.count(topic).await?;
+        if count == 0 {
+            // Not on the broker yet: `prepare` is still trying.
+            return Ok(Vec::new());
+        }
+        let from: Offsets = (0..count)
+            .map(|partition| (partition, after.get(&partition).copied().unwrap_or(0)))
+            .collect();
+        // The consumer goes on where the last read stopped; anywhere else
+        // (a partition held back by a failure, a rewind) it is assigned
+        // anew at the positions asked for.
+        if reader.next.as_ref() != Some(&from) {
+            reader.consumer.assign(&self.list(topic, &from)?)?;
+            reader.next = Some(from);
+        }
+        let mut records = Vec::new();
+        let consumer = reader.consumer.clone();
+        let mut message = match tokio::time::timeout(FIRST_EVENT_WAIT, consumer.recv()).await {
+            Ok(message) => Some(message?.detach()),
+            Err(_) => None,
+        };
+        while let Some(owned) = message.take() {
+            let record = to_record(&owned, topic)?;
+            match reader.take(&record) {
+                Take::Yes => records.push(record),
+                Take::Seen => {}
+                Take::Refetch => {
+                    tracing::debug!(
+                        topic,
+                        partition = record.partition,
+                        offset = record.offset,
+                        "a record out of order; fetching its partition again"
+                    );
+                    break;
+                }
+            }
+            if records.len() >= limit {
+                break;
+            }
+            message = match consumer.recv().now_or_never() {
+                Some(message) => Some(message?.detach()),
+                None => None,
+            };
+        }
+        Ok(records)
+    }
+
+    async fn committed(&self, consumer: &str, topic: &str) -> anyhow::Result<Offsets> {
+        let reader = self.reader(consumer, topic)?;
+        let consumer = reader.lock().await.consumer.clone();
+        let count = self.count(topic).await?;
+        let all: Offsets = (0..count).map(|partition| (partition, 0)).collect();
+        let list = self.list(topic, &all)?;
+        let committed = blocking(move || Ok(consumer.committed_offsets(list, ASK_TIMEOUT)?)).await?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|element| match element.offset() {
+                Offset::Offset(offset) if offset >= 0 => Some((element.partition() as u32, offset as u64)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn commit(&self, consumer: &str, topic: &str, positions: &Offsets) -> anyhow::Result<()> {
+        let reader = self.reader(consumer, topic)?;
+        let consumer = reader.lock().await.consumer.clone();
+        let list = self.list(topic, positions)?;
+        blocking(move || Ok(consumer.commit(&list, CommitMode::Sync)?)).await
+    }
+
+    async fn rewind(&self, consumer: &str, topic: &str) -> anyhow::Result<()> {
+        let count = self.count(topic).await?;
+        let start: Offsets = (0..count).map(|partition| (partition, 0)).collect();
+        self.commit(consumer, topic, &start).await
+    }
+
+    fn watch(&self, topic: &str) -> watch::Receiver<u64> {
+        let mut watched = self.appended.lock().unwrap_or_else(|p| p.into_inner());
+        watched
+            .entry(topic.to_string())
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe()
+    }
+
+    async fn partitions(&self, topic: &str, positions: &Offsets) -> anyhow::Result<Vec<PartitionStats>> {
+        let count = self.count(topic).await?;
+        let (consumer, name, positions) = (self.meta.clone(), self.name(topic), positions.clone());
+        blocking(move || {
+            (0..count)
+                .map(|partition| {
+                    let (_, high) = consumer.fetch_watermarks(&name, partition as i32, ASK_TIMEOUT)?;
+                    let head = high.max(0) as u64;
+                    let position = positions.get(&partition).copied().unwrap_or(0);
+                    Ok(PartitionStats {
+                        partition,
+                        position,
+                        head,
+                        lag: head.saturating_sub(position),
+                        retained: None,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn topic_bytes(&self, _topic: &str) -> anyhow::Result<u64> {
+        Ok(0)
+    }
+
+    async fn prune(&self, _topic: &str, _delivered: Option<&Offsets>, _keep: Keep) -> anyhow::Result<usize> {
+        Ok(0)
+    }
+
+    fn idle_read(&self) -> Option<Duration> {
+        // Other hosts append too, unseen by `watch`; `read` waits for them.
+        Some(Duration::ZERO)
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+fn headers(event: &Envelope) -> OwnedHeaders {
+    let time = event.time.to_string();
+    let version = event.schema_version.to_string();
+    let mut headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "id",
+            value: Some(&event.id),
+        })
+        .insert(Header {
+            key: "type",
+            value: Some(&event.event_type),
+        })
+        .insert(Header {
+            key: "source",
+            value: Some(&event.source),
+        })
+        .insert(Header {
+            key: "time",
+            value: Some(&time),
+        })
+        .insert(Header {
+            key: "schema-version",
+            value: Some(&version),
+        });
+    if let Some(request_id) = &event.request_id {
+        headers = headers.insert(Header {
+            key: "request-id",
+            value: Some(request_id),
+        });
+    }
+    headers
+}
+
+/// A record as an event of `topic` (its name without the prefix).
+fn to_record(message: &OwnedMessage, topic: &str) -> anyhow::Result<Record> {
+    let mut fields: HashMap<&str, String> = HashMap::new();
+    if let Some(headers) = message.headers() {
+        for header in headers.iter() {
+            let value = header.value.map(String::from_utf8_lossy).unwrap_or_default();
+            fields.insert(header.key, value.into_owned());
+        }
+    }
+    let mut field = |name: &str| {
+        fields
+            .remove(name)
+            .with_context(|| format!("a record of {topic} without the header `{name}`"))
+    };
+    let text = |bytes: Option<&[u8]>| String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned();
+    let event = Envelope {
+        id: field("id")?,
+        topic: topic.to_string(),
+        key: text(message.key()),
+        event_type: field("type")?,
+        source: field("source")?,
+        time: field("time")?.parse().context("a record's time is not a number")?,
+        schema_version: field("schema-version")?
+            .parse()
+            .context("a record's schema version is not a number")?,
+        payload: text(message.payload()),
+        request_id: field("request-id").ok(),
+    };
+    Ok(Record {
+        partition: message.partition() as u32,
+        // Ours count from 1: a position is then Kafka's committed offset.
+        offset: message.offset() as u64 + 1,
+        event,
+    })
+}
+
+/// Runs a blocking librdkafka call off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}
