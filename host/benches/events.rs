@@ -5,9 +5,12 @@
 //!    them back to the probe, whose handler commits each with its inbox row;
 //!    events/s from the first publish until the last effect is committed;
 //! 2. latency: `POST /orders` returns (payment approved) -> rentcar reserves
-//!    -> the view shows the new availability; p50/p99 over sequential orders.
+//!    -> the view shows the new availability; p50/p99 over sequential orders;
+//! 3. orders: 32 clients place orders for 10 s; orders/s and p99, and how
+//!    long after the last order the view shows them all.
 //!
-//! Run with `cargo xtask build && cargo bench -p rentcar-host --bench events`.
+//! Each runs on the embedded log, then on a Kafka broker (tansu, started
+//! here), in one run. Run with `cargo xtask bench events`.
 
 #![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
@@ -20,23 +23,47 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::{Host, probe_config};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use harness::{Host, probe_config, runtime_toml};
 use serde_json::json;
 
 const EVENTS: u64 = 20_000;
 const PER_REQUEST: u64 = 1_000;
 const ORDERS: usize = 300;
+const CLIENTS: usize = 32;
+const LOAD: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    throughput().await?;
-    latency().await
+    let kafka = broker::Broker::start()?;
+    for brokers in [None, Some(kafka.address.as_str())] {
+        println!(
+            "== {}",
+            brokers.map_or("embedded log".to_string(), |b| format!("Kafka (tansu at {b})"))
+        );
+        throughput(brokers).await?;
+        latency(brokers).await?;
+        orders(brokers).await?;
+    }
+    Ok(())
 }
 
-async fn throughput() -> anyhow::Result<()> {
+/// The host on `config`, its events on the embedded log or on `brokers`.
+fn start(config: &Path, dir: &Path, brokers: Option<&str>) -> anyhow::Result<Host> {
+    let data = dir.join("data");
+    match brokers {
+        None => Host::start_with(config, &data),
+        Some(brokers) => Host::start_with(&broker::on_broker(config, &data, brokers)?, &data),
+    }
+}
+
+async fn throughput(brokers: Option<&str>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = probe_config(dir.path(), "")?;
-    let host = Host::start_with(&config, &dir.path().join("data"))?;
+    let host = start(&config, dir.path(), brokers)?;
     let started = Instant::now();
     for _ in 0..EVENTS / PER_REQUEST {
         let (status, _) = host
@@ -62,9 +89,9 @@ async fn throughput() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn latency() -> anyhow::Result<()> {
+async fn latency(brokers: Option<&str>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let host = Host::start(dir.path())?;
+    let host = start(&runtime_toml(), dir.path(), brokers)?;
     let car = host.car("Bench", 1_000_000).await?;
     let view = format!("/availability/{car}");
     harness::wait_for(&host, &view, "available", json!(1_000_000)).await?;
@@ -88,6 +115,60 @@ async fn latency() -> anyhow::Result<()> {
         at(0.50).as_secs_f64() * 1e3,
         at(0.99).as_secs_f64() * 1e3,
         latencies[latencies.len() - 1].as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+async fn orders(brokers: Option<&str>) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = start(&runtime_toml(), dir.path(), brokers)?;
+    const STOCK: u64 = 100_000_000;
+    let car = host.car("Load", STOCK as u32).await?;
+    let view = format!("/availability/{car}");
+    harness::wait_for(&host, &view, "available", json!(STOCK)).await?;
+    let client = reqwest::Client::new();
+    let placed = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + LOAD;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (client, url, placed) = (client.clone(), format!("{}/orders", host.base), placed.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < until {
+                    let sent = Instant::now();
+                    let body = json!({ "carId": car, "qty": 1, "customer": "bench" });
+                    let response = client.post(&url).json(&body).send().await?;
+                    if response.status() == 201 {
+                        latencies.push(sent.elapsed());
+                        placed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for client in clients {
+        latencies.extend(client.await??);
+    }
+    let last = Instant::now();
+    let placed = placed.load(Ordering::Relaxed);
+    loop {
+        let (_, availability) = host.get(&view).await?;
+        if availability["available"] == json!(STOCK - placed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let drained = last.elapsed();
+    latencies.sort();
+    let p99 = latencies[((latencies.len() as f64 * 0.99) as usize).min(latencies.len() - 1)];
+    println!(
+        "orders, {CLIENTS} clients for {} s: {:.0} orders/s, p99 {:.2} ms; the view showed them all {:.0} ms after the last",
+        LOAD.as_secs(),
+        placed as f64 / LOAD.as_secs_f64(),
+        p99.as_secs_f64() * 1e3,
+        drained.as_secs_f64() * 1e3
     );
     Ok(())
 }

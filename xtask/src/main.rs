@@ -58,6 +58,10 @@ fn main() -> anyhow::Result<()> {
             bench
                 .args(["bench", "-p", "rentcar-host", "--bench"])
                 .arg(rest.first().map_or("load", String::as_str));
+            // The events benchmark compares the embedded log with Kafka.
+            if rest.first().map(String::as_str) == Some("events") {
+                bench.env("RENTCAR_TANSU", kafka::tansu()?);
+            }
             // Every Store drop would capture a backtrace (~15% per request).
             run(bench.env("RUST_BACKTRACE", "0").env("RENTCAR_HOST_LOG", "warn"))
         }
