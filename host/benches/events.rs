@@ -122,7 +122,7 @@ async fn latency(brokers: Option<&str>) -> anyhow::Result<()> {
 async fn orders(brokers: Option<&str>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let host = start(&runtime_toml(), dir.path(), brokers)?;
-    const STOCK: u64 = 100_000_000;
+    const STOCK: u64 = 1_000_000;
     let car = host.car("Load", STOCK as u32).await?;
     let view = format!("/availability/{car}");
     harness::wait_for(&host, &view, "available", json!(STOCK)).await?;
