@@ -36,7 +36,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::sync::Arc;
 use tokio::sync::watch;
 
-use super::log::{Envelope, EventBus, Keep, Offsets, PartitionStats, Record};
+use super::log::{Appended, Envelope, EventBus, Keep, Offsets, PartitionStats, Record};
 use crate::config::Bus;
 
 /// How long a read waits for a first event before it answers "none yet".
@@ -61,7 +61,8 @@ pub struct KafkaBus {
     readers: Mutex<HashMap<(String, String), Shared<Reader>>>,
     /// Per topic, its partition count once known.
     counts: Mutex<HashMap<String, u32>>,
-    appended: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Watched by the dispatchers; marked with the count of appends.
+    appended: Appended,
     appends: AtomicU64,
     /// Whether every topic exists on the broker (see [`KafkaBus::prepare`]).
     ready: AtomicBool,
@@ -164,7 +165,7 @@ impl KafkaBus {
             producer,
             readers: Mutex::default(),
             counts: Mutex::default(),
-            appended: Mutex::default(),
+            appended: Appended::default(),
             appends: AtomicU64::new(0),
             ready: AtomicBool::new(false),
         })
@@ -282,12 +283,7 @@ impl EventBus for KafkaBus {
             }
         }
         let count = self.appends.fetch_add(1, Ordering::Relaxed) + 1;
-        let watched = self.appended.lock().unwrap_or_else(|p| p.into_inner());
-        for event in events {
-            if let Some(sender) = watched.get(&event.topic) {
-                sender.send_replace(count);
-            }
-        }
+        self.appended.tell(events, count);
         Ok(())
     }
 
@@ -372,11 +368,7 @@ impl EventBus for KafkaBus {
     }
 
     fn watch(&self, topic: &str) -> watch::Receiver<u64> {
-        let mut watched = self.appended.lock().unwrap_or_else(|p| p.into_inner());
-        watched
-            .entry(topic.to_string())
-            .or_insert_with(|| watch::Sender::new(0))
-            .subscribe()
+        self.appended.watch(topic)
     }
 
     async fn partitions(&self, topic: &str, positions: &Offsets) -> anyhow::Result<Vec<PartitionStats>> {

@@ -11,7 +11,8 @@
 //! The embedded backend, `SqliteBus` (`embedded/`), keeps the log in one
 //! SQLite file (`bus.db`). Components never see the seam.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -107,6 +108,35 @@ pub trait EventBus: Send + Sync + 'static {
     /// Whether the log can be used now (a broker reached, its topics made).
     fn ready(&self) -> bool {
         true
+    }
+}
+
+/// Per topic, a watch that changes when events of the topic are appended
+/// (once someone watches it), so that an append wakes only the dispatchers
+/// of its topics: what [`EventBus::watch`] hands out.
+#[derive(Default)]
+pub struct Appended(Mutex<HashMap<String, watch::Sender<u64>>>);
+
+impl Appended {
+    pub fn watch(&self, topic: &str) -> watch::Receiver<u64> {
+        let mut watched = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        watched
+            .entry(topic.to_string())
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe()
+    }
+
+    /// Tells the watchers of every topic of `events` that the log is now
+    /// at `mark` (a value that grows with every append).
+    pub fn tell(&self, events: &[Envelope], mark: u64) {
+        let watched = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for event in events {
+            if let Some(sender) = watched.get(&event.topic)
+                && *sender.borrow() != mark
+            {
+                sender.send_replace(mark);
+            }
+        }
     }
 }
 

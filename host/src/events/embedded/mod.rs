@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, params};
 use tokio::sync::watch;
 
-use super::log::{Envelope, EventBus, Keep, Offsets, PartitionStats, Record, event_size};
+use super::log::{Appended, Envelope, EventBus, Keep, Offsets, PartitionStats, Record, event_size};
 use super::partition::partition;
 
 mod dead_letters;
@@ -100,9 +100,8 @@ pub struct SqliteBus {
     /// Per topic, [`EventBus::topic_bytes`] (once asked), kept up to date
     /// by appends and prunes under the connection's lock.
     bytes: Mutex<HashMap<String, u64>>,
-    /// Per topic, the last position appended (once someone watches it), so
-    /// that an append wakes only the dispatchers of its topic.
-    appended: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Watched by the dispatchers; marked with the last position appended.
+    appended: Appended,
 }
 
 impl SqliteBus {
@@ -127,7 +126,7 @@ impl SqliteBus {
             new_partitions: partitions.max(1),
             partitions: Mutex::default(),
             bytes: Mutex::default(),
-            appended: Mutex::default(),
+            appended: Appended::default(),
         })
     }
 
@@ -231,14 +230,7 @@ impl EventBus for SqliteBus {
             }
             appended
         })?;
-        let watched = self.appended.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for event in events {
-            if let Some(sender) = watched.get(&event.topic)
-                && *sender.borrow() != last
-            {
-                sender.send_replace(last);
-            }
-        }
+        self.appended.tell(events, last);
         Ok(())
     }
 
@@ -314,11 +306,7 @@ impl EventBus for SqliteBus {
     }
 
     fn watch(&self, topic: &str) -> watch::Receiver<u64> {
-        let mut watched = self.appended.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        watched
-            .entry(topic.to_string())
-            .or_insert_with(|| watch::Sender::new(0))
-            .subscribe()
+        self.appended.watch(topic)
     }
 
     async fn partitions(&self, topic: &str, positions: &Offsets) -> anyhow::Result<Vec<PartitionStats>> {
