@@ -126,7 +126,7 @@ async fn orders(brokers: Option<&str>) -> anyhow::Result<()> {
     let car = host.car("Load", STOCK as u32).await?;
     let view = format!("/availability/{car}");
     harness::wait_for(&host, &view, "available", json!(STOCK)).await?;
-    let client = reqwest::Client::new();
+    let client = harness::client();
     let placed = Arc::new(AtomicU64::new(0));
     let until = Instant::now() + LOAD;
     let clients: Vec<_> = (0..CLIENTS)

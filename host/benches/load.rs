@@ -122,6 +122,13 @@ fn oha_with(url: &str, extra: &[&str], connections: u32) -> anyhow::Result<Run> 
             "--no-tui",
             "--output-format",
             "json",
+            // The host checks it (the gateway's cost is part of every
+            // request); the native baselines ignore it.
+            "-H",
+            &format!(
+                "authorization: Bearer {}",
+                harness::token("bench", &["customer", "admin"])
+            ),
         ])
         .args(extra)
         .arg(url)
@@ -269,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let client = reqwest::Client::new();
+    let client = harness::client();
     let mut cars = Vec::new();
     for base in [&host.base, &native.base, &native_events.base] {
         for i in 0..10 {

@@ -72,7 +72,7 @@ async fn isolation() -> anyhow::Result<()> {
         ),
     )?;
     let host = Host::start_with(&config, &dir.path().join("data"))?;
-    let client = reqwest::Client::new();
+    let client = harness::client();
     let good = format!("{}/probe/seen", host.base);
     throughput(&client, &good).await?; // warm-up
 
@@ -127,7 +127,7 @@ struct Outcome {
 }
 
 async fn order_load(host: &Host, car: u64, clients: usize, window: Duration) -> anyhow::Result<Vec<Outcome>> {
-    let client = reqwest::Client::new();
+    let client = harness::client();
     let until = Instant::now() + window;
     let all = join_all((0..clients).map(|_| {
         let (client, url) = (client.clone(), format!("{}/orders", host.base));
@@ -186,7 +186,7 @@ async fn siege() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let host = Host::start(dir.path())?;
     let car = host.car("Siege", 1_000_000).await?;
-    let client = reqwest::Client::new();
+    let client = harness::client();
     let rss_before = host.rss_kib().unwrap_or(0);
     client
         .put(format!("{}/admin/faults/payment", host.base))

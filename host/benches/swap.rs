@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
         warm.as_secs_f64() * 1e3
     );
 
-    let client = reqwest::Client::new();
+    let client = harness::client();
     let base = host.base.clone();
     let mut cold_deploys = Vec::new();
     let mut warm_deploys = Vec::new();

@@ -2,7 +2,8 @@
 //! WebAssembly components and serves their HTTP API.
 //!
 //! Start with [`runtime::Runtime::load`], which compiles and links every
-//! component of a [`config::Config`], then [`serve`] it on a listener. The
+//! component of a [`config::Config`], and [`Gateway::load`], which reads
+//! the keys tokens are checked with; then [`serve`] them on a listener. The
 //! binary (`main.rs`) and the end-to-end tests do exactly that.
 
 // The layers, each importing only those below it (checked by
@@ -27,7 +28,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::Config;
+pub use http::gateway::{Gateway, parse_ttl};
 pub use runtime::Runtime;
+
+/// A token for `sub` with `roles`, valid for `ttl`, signed with the HS256
+/// secret of `config` (configured, or generated in its data directory).
+pub fn token(config: &Config, sub: &str, roles: &[String], ttl: std::time::Duration) -> anyhow::Result<String> {
+    http::gateway::token(config, sub, roles, ttl)
+}
 
 /// Serves `runtime` on `listener` until `shutdown` resolves, then lets
 /// in-flight requests (within `[server] drain_ms`) and deliveries finish. With `watch`, component files
@@ -35,6 +43,7 @@ pub use runtime::Runtime;
 pub async fn serve(
     listener: TcpListener,
     runtime: Runtime,
+    gateway: Gateway,
     watch: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -55,7 +64,7 @@ pub async fn serve(
     }
     runtime.set_ready();
 
-    let app = http::router::router(runtime.clone());
+    let app = http::router::router(runtime.clone(), Arc::new(gateway));
     http::server::serve(listener, app, &runtime.config.server, shutdown).await;
 
     tracing::info!("draining event delivery");

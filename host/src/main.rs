@@ -5,10 +5,11 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use rentcar_host::{Config, Runtime};
+use rentcar_host::{Config, Gateway, Runtime};
 use tracing_subscriber::EnvFilter;
 
 /// Every request allocates a store, its WASI contexts and the guest's
@@ -45,6 +46,9 @@ enum Command {
         /// Bearer token of the admin API (overrides `admin.token`).
         #[arg(long, env = "RENTCAR_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// Secret of HS256 tokens (overrides `auth.hs256_secret`).
+        #[arg(long, env = "RENTCAR_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
         /// Swap a component in (through the readiness gate) whenever its
         /// wasm file changes on disk.
         #[arg(long)]
@@ -62,6 +66,29 @@ enum Command {
         /// The admin API's bearer token.
         #[arg(long, env = "RENTCAR_ADMIN_TOKEN", hide_env_values = true)]
         token: String,
+    },
+    /// Prints a bearer token for the API, signed with the host's HS256
+    /// secret (`[auth] hs256_secret`, `RENTCAR_JWT_SECRET`, or the one the
+    /// host made in its data directory).
+    Token {
+        /// Whom the token stands for (`sub`); a customer's orders are theirs.
+        #[arg(long)]
+        sub: String,
+        /// A role (repeat for several): `customer`, `admin`.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// How long the token is valid: `90s`, `15m`, `1h`, `7d`.
+        #[arg(long, default_value = "1h", value_parser = rentcar_host::parse_ttl)]
+        ttl: Duration,
+        /// The runtime configuration (issuer, audience, secret).
+        #[arg(long, env = "RENTCAR_CONFIG", default_value = "runtime.toml")]
+        config: PathBuf,
+        /// The host's data directory (overrides `server.data_dir`).
+        #[arg(long, env = "RENTCAR_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Secret of HS256 tokens (overrides `auth.hs256_secret`).
+        #[arg(long, env = "RENTCAR_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
     },
 }
 
@@ -94,17 +121,40 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let (config, listen, data_dir, admin_token, watch) = match cli.command {
+    let (config, listen, data_dir, admin_token, jwt_secret, watch) = match cli.command {
         Command::Serve {
             config,
             listen,
             data_dir,
             admin_token,
+            jwt_secret,
             watch,
-        } => (config, listen, data_dir, admin_token, watch),
+        } => (config, listen, data_dir, admin_token, jwt_secret, watch),
         Command::Deploy { name, file, url, token } => return deploy(&name, &file, &url, &token).await,
+        Command::Token {
+            sub,
+            roles,
+            ttl,
+            config,
+            data_dir,
+            jwt_secret,
+        } => {
+            let mut config = Config::load(&config)?;
+            if let Some(data_dir) = data_dir {
+                config.server.data_dir = data_dir;
+            }
+            if let Some(secret) = jwt_secret {
+                config.auth.hs256_secret = Some(secret);
+            }
+            let token = rentcar_host::token(&config, &sub, &roles, ttl)?;
+            writeln!(std::io::stdout(), "{token}").context("cannot print the token")?;
+            return Ok(());
+        }
     };
     let mut config = Config::load(&config)?;
+    if let Some(secret) = jwt_secret {
+        config.auth.hs256_secret = Some(secret);
+    }
     if let Some(listen) = listen {
         config.server.listen = listen;
     }
@@ -116,6 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let addr = config.server.listen;
     let runtime = Runtime::load(config).await?;
+    let gateway = Gateway::load(&runtime.config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -127,7 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // The one line on stderr that tests and scripts wait for (and that
     // must not stop the host when stderr cannot be written).
     let _ = writeln!(std::io::stderr(), "listening on http://{local}");
-    rentcar_host::serve(listener, runtime, watch, shutdown).await
+    rentcar_host::serve(listener, runtime, gateway, watch, shutdown).await
 }
 
 /// `rentcar-host deploy`: uploads the file to the admin API and reports.

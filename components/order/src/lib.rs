@@ -55,6 +55,8 @@ use rentcar::payment::payments::{self, CallError, PaymentStatus};
 
 /// Largest quantity one order may ask for.
 const MAX_QTY: u32 = 1_000;
+/// The role that may order.
+const CUSTOMER: &str = "customer";
 /// Longest customer name and Idempotency-Key, in characters.
 const MAX_CHARS: usize = 200;
 /// How long after its approval a payment without an order is abandoned,
@@ -106,6 +108,8 @@ impl Component for Orders {
             customer TEXT NOT NULL,
             claimed_at INTEGER NOT NULL
         )",
+        // A customer's own orders, page by page.
+        "CREATE INDEX orders_by_customer ON orders (customer, id)",
     ];
 
     fn routes() -> Router {
@@ -297,20 +301,32 @@ impl From<CallError> for Error {
     }
 }
 
+/// Every order, a page at a time; a customer's own only.
 fn list(request: &Request, _: &Params) -> Result<Response, Error> {
     let page = Page::from_request(request)?;
-    let rows = db::query(&format!("{SELECT} WHERE id > ? ORDER BY id LIMIT ?"), &page.params())?;
+    let [after, limit] = page.params();
+    let rows = match request.caller()?.scope()? {
+        Some(customer) => db::query(
+            &format!("{SELECT} WHERE customer = ? AND id > ? ORDER BY id LIMIT ?"),
+            &[customer.into(), after, limit],
+        )?,
+        None => db::query(&format!("{SELECT} WHERE id > ? ORDER BY id LIMIT ?"), &[after, limit])?,
+    };
     let orders = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
     Ok(page.answer(orders, |order| order.id.get()))
 }
 
-fn get(_: &Request, params: &Params) -> Result<Response, Error> {
-    Ok(Response::json(200, &existing(params.id("id"))?))
+fn get(request: &Request, params: &Params) -> Result<Response, Error> {
+    Ok(Response::json(200, &existing(request, params.id("id"))?))
 }
 
-/// The order `id`, or 404.
-fn existing(id: Id) -> Result<Order, Error> {
-    find(id)?.ok_or_else(|| Error::not_found(format!("no order {id}")))
+/// The order `id`, or 404; a customer's own only: someone else's is as
+/// missing as one that never was, so that ids tell nothing.
+fn existing(request: &Request, id: Id) -> Result<Order, Error> {
+    let caller = request.caller()?;
+    find(id)?
+        .filter(|order| caller.owns(&order.customer))
+        .ok_or_else(|| Error::not_found(format!("no order {id}")))
 }
 
 #[derive(Deserialize)]
@@ -318,12 +334,26 @@ fn existing(id: Id) -> Result<Order, Error> {
 struct NewOrder {
     car_id: Id,
     qty: u32,
-    customer: String,
+    /// Read only when the host checks no tokens; else the token's subject
+    /// is the customer.
+    #[serde(default)]
+    customer: Option<String>,
 }
 
+/// A customer orders for themselves: the customer is the token's subject,
+/// whatever the body says.
 fn place(request: &Request, _: &Params) -> Result<Response, Error> {
+    let caller = request.caller()?;
+    caller.require(CUSTOMER)?;
     let new: NewOrder = request.json()?;
-    let customer = new.customer.trim();
+    let customer = match caller.subject() {
+        Some(subject) => subject,
+        None => new
+            .customer
+            .as_deref()
+            .ok_or_else(|| Error::bad_request("customer is required"))?,
+    }
+    .trim();
     if new.qty == 0 || new.qty > MAX_QTY {
         return Err(Error::bad_request(format!("qty must be between 1 and {MAX_QTY}")));
     }
@@ -511,9 +541,9 @@ fn key_reused() -> Error {
 /// Cancels the order's payment, then the order. Like placing, it commits
 /// its read before the call, so that other requests do not wait on
 /// order's database while payment works (crate docs).
-fn cancel(_: &Request, params: &Params) -> Result<Response, Error> {
+fn cancel(request: &Request, params: &Params) -> Result<Response, Error> {
     let id = params.id("id");
-    let order = existing(id)?;
+    let order = existing(request, id)?;
     if !matches!(order.status.as_str(), "PAID" | "RESERVED") {
         return Err(Error::conflict(format!("order {id} is {}", order.status)));
     }
@@ -534,8 +564,8 @@ fn cancel(_: &Request, params: &Params) -> Result<Response, Error> {
 
 /// The order's payment, asked of payment synchronously (`lookup` is
 /// idempotent, so the link may retry it).
-fn payment_of(_: &Request, params: &Params) -> Result<Response, Error> {
-    let order = existing(params.id("id"))?;
+fn payment_of(request: &Request, params: &Params) -> Result<Response, Error> {
+    let order = existing(request, params.id("id"))?;
     db::commit()?;
     let payment = payments::lookup(order.payment_id.unsigned())?;
     Ok(Response::json(

@@ -39,6 +39,8 @@ impl Component for Payments {
             status TEXT NOT NULL
         )",
         "CREATE INDEX payments_by_order ON payments (order_id)",
+        // A customer's own payments, page by page.
+        "CREATE INDEX payments_by_customer ON payments (customer, id)",
     ];
 
     fn routes() -> Router {
@@ -249,31 +251,43 @@ fn announce(event: fn(PaymentJson) -> Published, payment: &Payment) -> Result<()
     publish(payment.order_id, &event(payment.into()))
 }
 
-fn get(_: &Request, params: &Params) -> Result<Response, Error> {
+/// A customer's own payment; someone else's is as missing as one that
+/// never was, so that ids tell nothing.
+fn get(request: &Request, params: &Params) -> Result<Response, Error> {
     let id = params.id("id");
-    let payment = find_by_id(id)?.ok_or_else(|| Error::not_found(format!("no payment {id}")))?;
+    let caller = request.caller()?;
+    let payment = find_by_id(id)?
+        .filter(|payment| caller.owns(&payment.customer))
+        .ok_or_else(|| Error::not_found(format!("no payment {id}")))?;
     Ok(Response::json(200, &PaymentJson::from(&payment)))
 }
 
-/// `GET /payments`, or only an order's with `?orderId=`, a page at a time.
+/// `GET /payments`, or only an order's with `?orderId=`, a page at a time;
+/// a customer sees only their own.
 fn list(request: &Request, _: &Params) -> Result<Response, Error> {
     let page = Page::from_request(request)?;
     let [after, limit] = page.params();
-    let rows = match request.query_param("orderId") {
-        Some(order_id) => {
-            let order_id = Id::parse(order_id).ok_or_else(|| {
-                Error::bad_request(format!(
-                    "orderId must be {}, not `{order_id}`",
-                    rentcar_sdk::id::EXPECTED
-                ))
-            })?;
-            db::query(
-                &format!("{SELECT} WHERE order_id = ? AND id > ? ORDER BY id LIMIT ?"),
-                &[order_id.into(), after, limit],
-            )?
-        }
-        None => db::query(&format!("{SELECT} WHERE id > ? ORDER BY id LIMIT ?"), &[after, limit])?,
-    };
+    let mut filters = Vec::new();
+    let mut params = Vec::new();
+    if let Some(customer) = request.caller()?.scope()? {
+        filters.push("customer = ? AND ");
+        params.push(customer.into());
+    }
+    if let Some(order_id) = request.query_param("orderId") {
+        let order_id = Id::parse(order_id).ok_or_else(|| {
+            Error::bad_request(format!(
+                "orderId must be {}, not `{order_id}`",
+                rentcar_sdk::id::EXPECTED
+            ))
+        })?;
+        filters.push("order_id = ? AND ");
+        params.push(order_id.into());
+    }
+    params.extend([after, limit]);
+    let rows = db::query(
+        &format!("{SELECT} WHERE {}id > ? ORDER BY id LIMIT ?", filters.concat()),
+        &params,
+    )?;
     let payments = rows
         .iter()
         .map(|row| from_row(row).map(|payment| PaymentJson::from(&payment)))

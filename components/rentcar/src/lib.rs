@@ -240,7 +240,9 @@ struct NewCar {
     stock: u32,
 }
 
+/// Only an admin registers cars.
 fn register(request: &Request, _: &Params) -> Result<Response, Error> {
+    request.caller()?.require(rentcar_sdk::caller::ADMIN)?;
     let new: NewCar = request.json()?;
     let name = new.name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {

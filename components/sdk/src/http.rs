@@ -51,7 +51,12 @@ impl Request {
 
     /// Parses the body as JSON, or answers 400 `invalid-body` with what is
     /// wrong with it.
+    /// The API's bodies are JSON objects: an array is refused too, though
+    /// serde would read a struct from one.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        if self.body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(Error::refused(400, "invalid-body", "the body must be a JSON object"));
+        }
         serde_json::from_slice(&self.body).map_err(|err| Error::refused(400, "invalid-body", err.to_string()))
     }
 }

@@ -10,6 +10,8 @@
 //!   `wasi:http/incoming-handler`; this turns its streaming resources into
 //!   a buffered [`Request`] and [`Response`]. The host already caps body
 //!   sizes, so buffering is safe.
+//! - [`caller`]: who is asking, as the host verified it from the client's
+//!   token: roles and ownership are the component's rules.
 //! - [`router`]: routes by method and path pattern; answers 404, 405 (with
 //!   `Allow`) and bad path parameters itself. Handlers return
 //!   `Result<Response, Error>`.
@@ -28,6 +30,7 @@
 //!   bindings of its own maps the capabilities in with wit-bindgen's
 //!   `with`.
 
+pub mod caller;
 pub mod component;
 pub mod db;
 pub mod error;
@@ -37,6 +40,7 @@ pub mod id;
 pub mod page;
 pub mod router;
 
+pub use caller::Caller;
 pub use component::Component;
 pub use error::Error;
 pub use events::{Envelope, Events};

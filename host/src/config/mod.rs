@@ -4,6 +4,7 @@
 //! every mistake is reported before the port is bound), and shared as
 //! `Arc<Config>`. Relative paths are resolved against the file's directory.
 
+mod gateway;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+pub use gateway::{Auth, RateLimit};
 
 /// Errors in the configuration, each telling what to change.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,11 @@ pub struct Config {
     pub delivery: Delivery,
     #[serde(default)]
     pub bus: Bus,
+    #[serde(default)]
+    pub auth: Auth,
+    /// Per-caller limits on how often routes may be called.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// Where events travel between components: the embedded log in the data
@@ -413,6 +421,12 @@ impl Config {
         config.server.data_dir = base.join(&config.server.data_dir);
         if let Some(cache_dir) = &mut config.server.cache_dir {
             *cache_dir = base.join(&*cache_dir);
+        }
+        if let Some(jwks) = &mut config.auth.jwks
+            && !jwks.starts_with("http://")
+            && !jwks.starts_with("https://")
+        {
+            *jwks = base.join(&*jwks).to_string_lossy().into_owned();
         }
         config.validate()?;
         Ok(config)

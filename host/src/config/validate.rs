@@ -9,7 +9,7 @@ use super::{BusKind, Config, ConfigError, Subscription};
 const MAX_LINGER_MS: u64 = 1_000;
 
 /// Paths the host keeps for itself.
-const RESERVED_PREFIXES: &[&str] = &["/admin", "/healthz", "/readyz", "/metrics"];
+const RESERVED_PREFIXES: &[&str] = &["/admin", "/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -117,6 +117,10 @@ impl Config {
         let server = &self.server;
         if server.header_timeout_ms == 0 || server.max_connections == 0 {
             return invalid("[server] needs header_timeout_ms and max_connections above zero".into());
+        }
+        self.auth.check().map_err(ConfigError::Invalid)?;
+        for limit in &self.rate_limits {
+            limit.check().map_err(ConfigError::Invalid)?;
         }
         let delivery = self.delivery;
         if delivery.max_attempts == 0 {

@@ -30,9 +30,15 @@ pub enum ApiError {
     InsufficientStorage(String),
     #[error("component `{component}` failed")]
     ComponentFailed { component: String, cause: anyhow::Error },
-    /// The operator's API: a missing or wrong token.
+    /// No valid bearer token where one is needed.
     #[error("{0}")]
-    Unauthorized(&'static str),
+    Unauthorized(String),
+    /// A valid token without the role the route needs.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The caller's rate limit is used up for now.
+    #[error("too many requests; retry in {seconds} s")]
+    RateLimited { seconds: u64 },
     /// The operator's API: no such component, dead letter or fault.
     #[error("{0}")]
     NotFound(String),
@@ -61,6 +67,8 @@ impl ApiError {
             ApiError::InsufficientStorage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage"),
             ApiError::ComponentFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "component-failed"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             ApiError::Refused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "refused"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
@@ -80,6 +88,22 @@ impl IntoResponse for ApiError {
         }
         let (status, code) = self.status_and_code();
         let mut response = json(status, code, &self.to_string());
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthorized(message) => {
+                let challenge = format!(
+                    "Bearer realm=\"rentcar\", error=\"invalid_token\", error_description=\"{}\"",
+                    message.replace(['"', '\\'], "'")
+                );
+                if let Ok(value) = header::HeaderValue::from_str(&challenge) {
+                    headers.insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
+            ApiError::RateLimited { seconds } => {
+                headers.insert(header::RETRY_AFTER, header::HeaderValue::from(*seconds));
+            }
+            _ => {}
+        }
         match self {
             ApiError::ComponentFailed { .. } => response.extensions_mut().insert(Failed::Trap),
             ApiError::Deadline(_) => response.extensions_mut().insert(Failed::Deadline),

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod gateway;
 pub mod metrics;
 pub mod router;
 pub mod server;

@@ -21,6 +21,7 @@ use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 
 use crate::http::error::{ApiError, Failed};
+use crate::http::gateway::{self, Gateway};
 use crate::instance::memory::OverBudget;
 use crate::instance::slot::{DeadlineExceeded, Loaded};
 use crate::runtime::Runtime;
@@ -31,16 +32,20 @@ use crate::telemetry;
 /// (waiting for the database, committing) before the caller gets 504.
 const GRACE: Duration = Duration::from_secs(1);
 
-pub fn router(runtime: Arc<Runtime>) -> Router {
+pub fn router(runtime: Arc<Runtime>, gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .merge(crate::http::admin::router(runtime.clone()))
+        .merge(crate::http::admin::router(runtime.clone(), gateway.clone()))
         // The host's own errors (axum's rejections: a bad path parameter, a
         // wrong method, a body over the limit) in the API's JSON shape.
         .route_layer(axum::middleware::map_response(json_errors))
-        .fallback(dispatch.layer(middleware::from_fn_with_state(runtime.clone(), observe)))
+        .fallback(
+            dispatch
+                .layer(middleware::from_fn_with_state(gateway, gateway::authenticate))
+                .layer(middleware::from_fn_with_state(runtime.clone(), observe)),
+        )
         .with_state(runtime)
 }
 

@@ -26,6 +26,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_io_timeout::TimeoutStream;
 
+use axum::Extension;
+use tower::Layer as _;
+
+use super::gateway::ClientAddr;
 use super::metrics::Throttle;
 use crate::config::Server;
 
@@ -73,9 +77,9 @@ pub async fn serve(
                 }
             }
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(err) => {
                     // Out of files, say: wait instead of spinning.
                     tracing::warn!(error = %err, "cannot accept a connection");
@@ -89,7 +93,8 @@ pub async fn serve(
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(header_timeout));
         let io = TokioIo::new(Box::pin(stream));
-        let connection = builder.serve_connection(io, TowerToHyperService::new(app.clone()));
+        let app = Extension(ClientAddr(peer)).layer(app.clone());
+        let connection = builder.serve_connection(io, TowerToHyperService::new(app));
         let connection = graceful.watch(connection);
         tokio::spawn(serve_connection(connection, slot));
     }

@@ -23,7 +23,6 @@ async fn bad_input_gets_4xx_json_errors() -> anyhow::Result<()> {
         ("not an object", "[1,2]".to_string()),
         ("empty body", String::new()),
         ("missing qty", json!({ "carId": car_id, "customer": "kim" }).to_string()),
-        ("missing customer", json!({ "carId": car_id, "qty": 1 }).to_string()),
         (
             "zero qty",
             json!({ "carId": car_id, "qty": 0, "customer": "kim" }).to_string(),
@@ -47,10 +46,6 @@ async fn bad_input_gets_4xx_json_errors() -> anyhow::Result<()> {
         (
             "negative carId",
             json!({ "carId": -3, "qty": 1, "customer": "kim" }).to_string(),
-        ),
-        (
-            "blank customer",
-            json!({ "carId": car_id, "qty": 1, "customer": "  " }).to_string(),
         ),
         (
             "unknown field",
@@ -96,12 +91,12 @@ async fn bad_input_gets_4xx_json_errors() -> anyhow::Result<()> {
     assert_error(status, &response, 413, "2 MiB body");
 
     let (status, response) = host
-        .send(reqwest::Client::new().delete(format!("{}/cars/1", host.base)))
+        .send(crate::harness::client().delete(format!("{}/cars/1", host.base)))
         .await?;
     assert_error(status, &response, 405, "DELETE /cars/1");
 
     let latin1 = reqwest::header::HeaderValue::from_bytes(b"caf\xe9")?;
-    let request = reqwest::Client::new()
+    let request = crate::harness::client()
         .get(format!("{}/cars", host.base))
         .header(reqwest::header::HOST, latin1);
     let (status, response) = host.send(request).await?;

@@ -34,7 +34,9 @@ async fn kill_9_under_load_loses_nothing_and_duplicates_nothing() -> anyhow::Res
     let base = Arc::new(RwLock::new(host.base.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let placed = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let client = crate::harness::client_builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
 
     let mut load = Vec::new();
     for worker in 0..6u64 {

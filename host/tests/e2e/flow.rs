@@ -177,7 +177,7 @@ async fn a_retried_order_with_the_same_idempotency_key_creates_nothing_new() -> 
     let car_id = host.car("Niro", 5).await?;
     let body = json!({ "carId": car_id, "qty": 1, "customer": "park" });
     let post = || {
-        reqwest::Client::new()
+        crate::harness::client()
             .post(format!("{}/orders", host.base))
             .header("Idempotency-Key", "retry-42")
             .json(&body)
@@ -191,7 +191,7 @@ async fn a_retried_order_with_the_same_idempotency_key_creates_nothing_new() -> 
     assert_eq!(host.all("/orders").await?.len(), 1);
     assert_eq!(host.all("/payments").await?.len(), 1);
 
-    let other = reqwest::Client::new()
+    let other = crate::harness::client()
         .post(format!("{}/orders", host.base))
         .header("Idempotency-Key", "retry-42")
         .json(&json!({ "carId": car_id, "qty": 2, "customer": "park" }));
@@ -206,7 +206,7 @@ async fn concurrent_orders_with_one_idempotency_key_place_one_order_and_pay_once
     let host = Host::start(dir.path())?;
     let car_id = host.car("Ioniq", 10).await?;
     let body = json!({ "carId": car_id, "qty": 1, "customer": "lee" });
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     // Slow payment calls, so that every request arrives while the first
     // one is still paying.
     assert_eq!(host.fault("payment", json!({ "delayMs": 400 })).await?.0, 200);
@@ -245,7 +245,7 @@ async fn an_order_whose_client_hung_up_is_still_placed() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let host = Host::start(dir.path())?;
     let car_id = host.car("Casper", 2).await?;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     assert_eq!(host.fault("payment", json!({ "delayMs": 1500 })).await?.0, 200);
 
     // The client gives up while payment is still being called.

@@ -26,7 +26,7 @@ const PAYMENTS_THAT_FAIL: &str = "
     BEGIN SELECT RAISE(ABORT, 'payments keeps stuck'); END;";
 
 fn order_for(host: &Host, car_id: u64, customer: &str, key: &str) -> reqwest::RequestBuilder {
-    reqwest::Client::new()
+    crate::harness::client_as(customer, &["customer"])
         .post(format!("{}/orders", host.base))
         .header("Idempotency-Key", key)
         .json(&json!({ "carId": car_id, "qty": 1, "customer": customer }))

@@ -22,7 +22,7 @@ fn assert_error(status: u16, body: &Value, expected: u16, what: &str) {
 
 /// A `POST /orders` with an Idempotency-Key, the key given as raw bytes.
 fn keyed_order(host: &Host, key: &[u8], body: &Value) -> anyhow::Result<reqwest::RequestBuilder> {
-    Ok(reqwest::Client::new()
+    Ok(crate::harness::client()
         .post(format!("{}/orders", host.base))
         .header("Idempotency-Key", reqwest::header::HeaderValue::from_bytes(key)?)
         .json(body))
@@ -217,7 +217,7 @@ async fn an_idempotency_key_that_cannot_be_read_is_refused() -> anyhow::Result<(
         let (status, answer) = host.send(keyed_order(&host, b"caf\xe9", &body)?).await?;
         assert_error(status, &answer, 400, "a key that is not UTF-8");
     }
-    let twice = reqwest::Client::new()
+    let twice = crate::harness::client()
         .post(format!("{}/orders", host.base))
         .header("Idempotency-Key", "a")
         .header("Idempotency-Key", "b")
@@ -339,18 +339,20 @@ async fn names_are_counted_in_characters() -> anyhow::Result<()> {
     let hangul = "가".repeat(70);
     let (status, car) = host.post("/cars", json!({ "name": hangul, "stock": 1 })).await?;
     assert_eq!(status, 201, "{car}");
-    let (status, order) = host
-        .post("/orders", json!({ "carId": car["id"], "qty": 1, "customer": hangul }))
-        .await?;
+    // The customer is the token's subject.
+    let order_as = |customer: &str| {
+        crate::harness::client_as(customer, &["customer"])
+            .post(format!("{}/orders", host.base))
+            .json(&json!({ "carId": car["id"], "qty": 1 }))
+    };
+    let (status, order) = host.send(order_as(&hangul)).await?;
     assert_eq!(status, 201, "{order}");
     assert_eq!(order["customer"], json!(hangul));
 
     let long = "가".repeat(201);
     let (status, answer) = host.post("/cars", json!({ "name": long, "stock": 1 })).await?;
     assert_error(status, &answer, 400, "201 characters");
-    let (status, answer) = host
-        .post("/orders", json!({ "carId": car["id"], "qty": 1, "customer": long }))
-        .await?;
+    let (status, answer) = host.send(order_as(&long)).await?;
     assert_error(status, &answer, 400, "201 characters");
     Ok(())
 }
@@ -374,7 +376,7 @@ async fn a_path_no_route_matches_is_404_and_a_wrong_method_405() -> anyhow::Resu
         let (status, body) = host.get(&path).await?;
         assert_error(status, &body, 404, &path);
     }
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let cases = [
         (Method::DELETE, format!("/orders/{order}"), "GET"),
         (Method::GET, format!("/orders/{order}/cancel"), "POST"),

@@ -85,7 +85,7 @@ async fn the_running_version_serves_while_a_slow_init_is_refused() -> anyhow::Re
     let (status, body) = host.get("/hostile/init-plan/3000/1").await?;
     assert!(status == 200 && result(&body).starts_with("Ok"), "{body}");
 
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let deploy = |tag: &str| {
         let request = client
             .put(format!("{}/admin/components/hostile", host.base))
@@ -256,13 +256,14 @@ async fn a_log_that_cannot_be_written_fails_no_request() -> anyhow::Result<()> {
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .env("RUST_LOG", "debug")
                 .env("RUST_BACKTRACE", "0")
+                .env("RENTCAR_JWT_SECRET", crate::harness::JWT_SECRET)
                 .stderr(std::fs::File::create("/dev/full").ok()?)
                 .spawn()
                 .ok()?;
             Some((KillOnDrop(child), format!("http://127.0.0.1:{port}")))
         })
         .ok_or_else(|| anyhow::anyhow!("cannot start the host"))?;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let started = Instant::now();
     while client.get(format!("{base}/healthz")).send().await.is_err() {
         anyhow::ensure!(child.0.try_wait()?.is_none(), "the host exited");
@@ -299,7 +300,7 @@ async fn the_hosts_own_errors_are_json() -> anyhow::Result<()> {
     let host = start(dir.path(), "max_request_bytes = 1000", "")?;
     // A client per request: a refused upload closes its connection.
     let admin = |method: Method, path: &str| {
-        reqwest::Client::new()
+        crate::harness::client()
             .request(method, format!("{}{path}", host.base))
             .bearer_auth(TOKEN)
     };
@@ -310,7 +311,7 @@ async fn the_hosts_own_errors_are_json() -> anyhow::Result<()> {
             admin(Method::PUT, "/admin/components/probe").body(vec![0u8; 65 * 1024 * 1024]),
             413,
         ),
-        (reqwest::Client::new().post(format!("{}/healthz", host.base)), 405),
+        (crate::harness::client().post(format!("{}/healthz", host.base)), 405),
     ];
     for (request, expected) in cases {
         let (status, body) = host.send(request).await?;
@@ -323,12 +324,15 @@ async fn the_hosts_own_errors_are_json() -> anyhow::Result<()> {
 
     // A body announced over the limit gets its 413 before "100 Continue".
     let address = host.base.trim_start_matches("http://").to_string();
+    let bearer = crate::harness::token("kim", &["customer"]);
     let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
         let mut stream = std::net::TcpStream::connect(address)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(
-            b"POST /hostile/sql/count HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
-        )?;
+        let head = format!(
+            "POST /hostile/sql/count HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\n\
+             Content-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes())?;
         let mut buffer = [0u8; 512];
         let read = stream.read(&mut buffer)?;
         Ok(String::from_utf8_lossy(&buffer[..read]).into_owned())
@@ -562,7 +566,10 @@ async fn memory_is_budgeted_per_component_and_for_the_whole_host() -> anyhow::Re
 async fn traps_and_missed_deadlines_are_counted_and_every_answer_has_a_request_id() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let host = start(dir.path(), "timeout_ms = 300", "")?;
-    let response = reqwest::get(format!("{}/hostile/trap", host.base)).await?;
+    let response = crate::harness::client()
+        .get(format!("{}/hostile/trap", host.base))
+        .send()
+        .await?;
     assert_eq!(response.status(), 500);
     assert!(response.headers().contains_key("x-request-id"));
     let (status, _) = host.get("/hostile/loop").await?;

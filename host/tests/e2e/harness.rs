@@ -15,6 +15,49 @@ use crate::broker;
 /// The admin token every test host is started with.
 pub const TOKEN: &str = "test-admin-token";
 
+/// The HS256 secret every test host checks tokens with.
+pub const JWT_SECRET: &str = "the end-to-end tests' HS256 secret, not a real one";
+
+/// A token for `sub` with `roles`, as any JWT library makes one, valid for
+/// an hour.
+pub fn token(sub: &str, roles: &[&str]) -> String {
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = json!({
+        "iss": "rentcar", "aud": "rentcar-api", "sub": sub, "roles": roles,
+        "iat": now, "exp": now + 3600,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()).expect("an HMAC key"),
+    )
+    .expect("a token")
+}
+
+/// A client whose requests carry a token for `sub` with `roles`.
+#[allow(dead_code, reason = "used by the end-to-end tests only")]
+pub fn client_as(sub: &str, roles: &[&str]) -> reqwest::Client {
+    builder_as(sub, roles).build().expect("a client")
+}
+
+fn builder_as(sub: &str, roles: &[&str]) -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {}", token(sub, roles));
+    headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().expect("a header value"));
+    reqwest::Client::builder().default_headers(headers)
+}
+
+/// [`client`]'s builder, for other settings.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    builder_as("kim", &["customer", "admin"])
+}
+
+/// The tests' usual client: `kim`, a customer who is an admin too, so
+/// that one client registers cars, orders and reads everything.
+pub fn client() -> reqwest::Client {
+    client_builder().build().expect("a client")
+}
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -75,6 +118,17 @@ impl Host {
 
     /// Spawns the host and waits for its readiness line.
     pub fn start_with_args(config: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Host> {
+        Host::spawn(config, data_dir, extra, Some(JWT_SECRET))
+    }
+
+    /// A host that is given no HS256 secret: it makes its own in the data
+    /// directory, as on a fresh machine.
+    #[allow(dead_code, reason = "used by the end-to-end tests only")]
+    pub fn start_with_own_secret(config: &Path, data_dir: &Path) -> anyhow::Result<Host> {
+        Host::spawn(config, data_dir, &[], None)
+    }
+
+    fn spawn(config: &Path, data_dir: &Path, extra: &[&str], jwt_secret: Option<&str>) -> anyhow::Result<Host> {
         for component in [
             "order",
             "payment",
@@ -99,7 +153,12 @@ impl Host {
         } else {
             config
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rentcar-host"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rentcar-host"));
+        match jwt_secret {
+            Some(secret) => command.env("RENTCAR_JWT_SECRET", secret),
+            None => command.env_remove("RENTCAR_JWT_SECRET"),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(config)
@@ -152,7 +211,7 @@ impl Host {
             child,
             base,
             log,
-            client: reqwest::Client::new(),
+            client: client(),
         })
     }
 

@@ -106,7 +106,8 @@ async fn orders_of_an_older_schema_are_migrated() -> anyhow::Result<()> {
     let ids: Vec<_> = orders.iter().map(|o| o["id"].clone()).collect();
     assert_eq!(ids, [json!(3), json!(4)], "{orders:?}");
 
-    let again = reqwest::Client::new()
+    let lee = crate::harness::client_as("lee", &["customer"]);
+    let again = lee
         .post(format!("{}/orders", host.base))
         .header("Idempotency-Key", "k-3")
         .json(&json!({ "carId": 1, "qty": 1, "customer": "lee" }));
@@ -115,7 +116,7 @@ async fn orders_of_an_older_schema_are_migrated() -> anyhow::Result<()> {
         (status, order["id"].clone(), order["status"].clone()),
         (201, json!(3), json!("RESERVED"))
     );
-    let reused = reqwest::Client::new()
+    let reused = lee
         .post(format!("{}/orders", host.base))
         .header("Idempotency-Key", "k-3")
         .json(&json!({ "carId": 1, "qty": 2, "customer": "lee" }));
@@ -236,7 +237,7 @@ async fn a_second_host_on_the_same_data_dir_is_refused() -> anyhow::Result<()> {
 async fn health_metrics_and_a_request_id_that_follows_the_events() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let host = Host::start(dir.path())?;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let response = client.get(format!("{}/healthz", host.base)).send().await?;
     assert_eq!(
         (response.status().as_u16(), response.text().await?.as_str()),

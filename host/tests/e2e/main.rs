@@ -4,6 +4,7 @@ mod broker;
 mod harness;
 
 mod api;
+mod auth;
 mod concurrency;
 mod crash;
 mod events;

@@ -130,7 +130,7 @@ async fn injected_delay_opens_the_circuit_and_removing_it_closes_it() -> anyhow:
     assert_eq!(status, 200, "{body}");
 
     // 24 clients, each ordering for a few seconds.
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let results = join_all((0..24).map(|_| {
         let (client, base) = (client.clone(), host.base.clone());
         async move {

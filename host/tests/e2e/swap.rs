@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::harness::{Host, TOKEN, books_balance, eventually, variant, wasm};
 
 async fn deploy(host: &Host, name: &str, wasm: Vec<u8>) -> anyhow::Result<(u16, Value)> {
-    let request = reqwest::Client::new()
+    let request = crate::harness::client()
         .put(format!("{}/admin/components/{name}", host.base))
         .bearer_auth(TOKEN)
         .body(wasm);
@@ -39,7 +39,7 @@ async fn swapping_under_load_fails_no_request() -> anyhow::Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let mut load = Vec::new();
     for worker in 0..12u64 {
         let (stop, done, failed, client, cars) =

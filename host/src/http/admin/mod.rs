@@ -17,11 +17,12 @@ use axum::{Json, Router};
 use crate::calls::faults::Fault;
 use crate::events;
 use crate::http::error::ApiError;
+use crate::http::gateway::Gateway;
 use crate::instance::registry::Status;
 use crate::runtime::{DeployError, Runtime};
 use json::{Component, DeadLetter, Subscription};
 
-pub fn router(runtime: Arc<Runtime>) -> Router<Arc<Runtime>> {
+pub fn router(runtime: Arc<Runtime>, gateway: Arc<Gateway>) -> Router<Arc<Runtime>> {
     Router::new()
         .route("/admin/components", get(components))
         .route(
@@ -38,22 +39,29 @@ pub fn router(runtime: Arc<Runtime>) -> Router<Arc<Runtime>> {
         .route("/admin/faults", get(faults))
         .route("/admin/faults/{name}", put(set_fault).delete(clear_fault))
         .route("/admin/links", get(links))
-        .route_layer(middleware::from_fn_with_state(runtime, authorize))
+        .route_layer(middleware::from_fn_with_state((runtime, gateway), authorize))
 }
 
-async fn authorize(State(runtime): State<Arc<Runtime>>, request: Request, next: Next) -> Response {
+/// An admin request needs the operator's static token (the break-glass)
+/// or a JWT with the `admin` role.
+async fn authorize(
+    State((runtime, gateway)): State<(Arc<Runtime>, Arc<Gateway>)>,
+    request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
-    match (runtime.admin_token(), presented) {
-        (Some(expected), Some(presented)) if constant_time_eq(expected.as_bytes(), presented.as_bytes()) => {
-            next.run(request).await
-        }
-        (None, _) => ApiError::Unauthorized("the admin API is disabled: set RENTCAR_ADMIN_TOKEN or [admin] token")
-            .into_response(),
-        _ => ApiError::Unauthorized("missing or wrong bearer token").into_response(),
+    if let (Some(expected), Some(presented)) = (runtime.admin_token(), presented)
+        && constant_time_eq(expected.as_bytes(), presented.as_bytes())
+    {
+        return next.run(request).await;
+    }
+    match gateway.admin(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
     }
 }
 
