@@ -237,9 +237,11 @@ fn authorize(preparing: &AtomicU8, context: &AuthContext<'_>) -> Authorization {
             preparing.store(GUEST_DDL, Ordering::Relaxed);
             Authorization::Allow
         }
+        // SQLite's own bookkeeping only: a trigger coded into the drop (by
+        // a foreign key's cascade, say) is still the guest's.
         GUEST_DDL => match context.action {
             AuthAction::Delete { table_name } | AuthAction::Update { table_name, .. }
-                if is_sqlite_table(table_name) =>
+                if is_sqlite_table(table_name) && context.accessor.is_none() =>
             {
                 Authorization::Allow
             }
@@ -546,6 +548,26 @@ mod tests {
         ] {
             guest(ddl)?;
         }
+        // A drop that cascades into a trigger of the guest's cannot take
+        // the bookkeeping's licence along (issue #13, item 2).
+        for setup in [
+            "CREATE TABLE parent (id INTEGER PRIMARY KEY)",
+            "CREATE TABLE child (id INTEGER PRIMARY KEY AUTOINCREMENT, p REFERENCES parent (id) ON DELETE CASCADE)",
+            "CREATE TRIGGER rewind AFTER DELETE ON child BEGIN UPDATE sqlite_sequence SET seq = 0; END",
+            "INSERT INTO parent VALUES (1)",
+            "INSERT INTO child (p) VALUES (1)",
+            "INSERT INTO child (p) VALUES (1)",
+        ] {
+            guest(setup)?;
+        }
+        assert!(
+            guest("DROP TABLE parent").is_err(),
+            "the cascade's trigger must be denied"
+        );
+        let seq: i64 = conn.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'child'", [], |row| {
+            row.get(0)
+        })?;
+        assert_eq!(seq, 2, "sqlite_sequence is untouched");
         // The host's own statements still run on the same connection...
         conn.execute_batch("SELECT COUNT(*) FROM _rc_outbox")?;
         txn.commit()?;
