@@ -13,11 +13,7 @@ const VERSION: &str = "0.6.0";
 /// The tansu binary, installed first if missing: under
 /// `$XDG_CACHE_HOME/rentcar/` (else `~/.cache/rentcar/`).
 pub fn tansu() -> anyhow::Result<PathBuf> {
-    let cache = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
-    };
-    let root = cache.join(format!("rentcar/tansu-{VERSION}"));
+    let root = crate::cache_dir()?.join(format!("tansu-{VERSION}"));
     let binary = root.join("bin/tansu");
     if !binary.is_file() {
         eprintln!(

@@ -7,7 +7,10 @@
 //!   SIGTERM to the process `cargo xtask run` started stops the host.
 //! - `cargo xtask test`: builds, installs tansu (a Kafka-protocol broker)
 //!   into a cache if missing, runs every test against the real host, then
-//!   the end-to-end suite again with every host's events on tansu.
+//!   the contract tests (schemathesis, installed into the cache if missing,
+//!   against `host/openapi.json`), and the end-to-end suite again with
+//!   every host's events on tansu.
+//! - `cargo xtask contract`: builds, then the contract tests alone.
 //! - `cargo xtask bench`: builds, installs the load generator (oha) if
 //!   missing, and runs the load benchmark against the host, the native
 //!   baseline and, when installed, `wasmtime serve`.
@@ -19,6 +22,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
+mod contract;
 mod kafka;
 mod serve;
 
@@ -50,6 +54,10 @@ fn main() -> anyhow::Result<()> {
             serve::exec(&root(), rest, &parent)
         }
         "serve" => serve::exec(&root(), rest, &parent),
+        "contract" => {
+            build()?;
+            contract::run(&root(), &contract::schemathesis()?)
+        }
         "bench" => {
             build()?;
             run(cargo().args(["build", "--release", "-p", "native-baseline"]))?;
@@ -77,6 +85,8 @@ fn main() -> anyhow::Result<()> {
             if !rest.is_empty() {
                 return Ok(());
             }
+            eprintln!("xtask: contract tests (schemathesis against host/openapi.json)");
+            contract::run(&root(), &contract::schemathesis()?)?;
             // The end-to-end suite again, every host's events on a Kafka
             // broker (retention there is the broker's, not the host's).
             eprintln!("xtask: the end-to-end suite on Kafka");
@@ -89,7 +99,7 @@ fn main() -> anyhow::Result<()> {
                 .env("RENTCAR_TEST_BROKERS", &broker.address))
         }
         _ => {
-            eprintln!("usage: cargo xtask <build|run|serve|test|bench> [args...]");
+            eprintln!("usage: cargo xtask <build|run|serve|test|contract|bench> [args...]");
             Ok(())
         }
     }
@@ -145,6 +155,16 @@ fn ensure_tool(tool: &str, install: &[&str]) -> anyhow::Result<()> {
         run(cargo().args(install))?;
     }
     Ok(())
+}
+
+/// Where slow installs live, outside the clone: `$XDG_CACHE_HOME/rentcar`,
+/// else `~/.cache/rentcar`.
+fn cache_dir() -> anyhow::Result<PathBuf> {
+    let cache = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+    };
+    Ok(cache.join("rentcar"))
 }
 
 fn cargo() -> Command {

@@ -37,6 +37,7 @@ pub fn router(runtime: Arc<Runtime>, gateway: Arc<Gateway>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .merge(crate::http::admin::router(runtime.clone(), gateway.clone()))
         // The host's own errors (axum's rejections: a bad path parameter, a
         // wrong method, a body over the limit) in the API's JSON shape.
@@ -54,6 +55,14 @@ async fn metrics(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::http::metrics::render(&runtime).await,
     )
+}
+
+/// The API's OpenAPI document, kept in the repository and checked against
+/// the host by the contract tests (`cargo xtask test`).
+const OPENAPI: &str = include_str!("../../openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 /// Turns a plain-text error of the host's own routes into
