@@ -189,6 +189,34 @@ async fn tokens_of_an_identity_provider_are_checked_with_its_jwks() -> anyhow::R
 }
 
 #[tokio::test]
+async fn a_jwks_is_read_from_its_url_at_start() -> anyhow::Result<()> {
+    // The identity provider: serves its JWKS to whoever asks.
+    let jwks = std::fs::read_to_string(keys().join("jwks.json"))?;
+    // A thread of its own: starting the host below blocks this one.
+    let provider = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}/.well-known/jwks.json", provider.local_addr()?);
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        for mut stream in provider.incoming().map_while(Result::ok) {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                jwks.len()
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    let dir = tempfile::tempdir()?;
+    let config = config(dir.path(), &format!("[auth]\njwks = {url:?}\n"))?;
+    let host = Host::start_with(&config, &dir.path().join("data"))?;
+    let token = signed_with(&claims("kim", &["customer"]), Algorithm::ES256, "test-ec", "ec.pem")?;
+    let (status, body, _) = call(&host, reqwest::Method::GET, "/orders", Some(&token)).await?;
+    assert_eq!(status, 200, "{body}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn customers_see_and_cancel_only_their_own_orders_and_payments() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let host = Host::start(&dir.path().join("data"))?;
