@@ -306,6 +306,7 @@ async fn the_hosts_own_errors_are_json() -> anyhow::Result<()> {
     };
     let cases = [
         (admin(Method::POST, "/admin/dead-letters/abc/replay"), 400),
+        (admin(Method::POST, "/admin/dead-letters/12345/replay"), 404),
         (admin(Method::DELETE, "/admin/links"), 405),
         (
             admin(Method::PUT, "/admin/components/probe").body(vec![0u8; 65 * 1024 * 1024]),
@@ -331,6 +332,23 @@ async fn the_hosts_own_errors_are_json() -> anyhow::Result<()> {
         let head = format!(
             "POST /hostile/sql/count HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\n\
              Content-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes())?;
+        let mut buffer = [0u8; 512];
+        let read = stream.read(&mut buffer)?;
+        Ok(String::from_utf8_lossy(&buffer[..read]).into_owned())
+    })
+    .await??;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // So does a component upload announced over its limit (64 MiB).
+    let address = host.base.trim_start_matches("http://").to_string();
+    let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        let mut stream = std::net::TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let head = format!(
+            "PUT /admin/components/probe HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Length: 70000000\r\nExpect: 100-continue\r\n\r\n"
         );
         stream.write_all(head.as_bytes())?;
         let mut buffer = [0u8; 512];

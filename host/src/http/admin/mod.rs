@@ -27,7 +27,9 @@ pub fn router(runtime: Arc<Runtime>, gateway: Arc<Gateway>) -> Router<Arc<Runtim
         .route("/admin/components", get(components))
         .route(
             "/admin/components/{name}",
-            put(deploy).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
+            put(deploy)
+                .layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES))
+                .layer(middleware::from_fn(refuse_announced_over_limit)),
         )
         .route("/admin/components/{name}/rollback", post(rollback))
         .route("/admin/components/{name}/stop", post(stop))
@@ -68,6 +70,22 @@ async fn authorize(
 /// Compares without revealing, through timing, how much of a guess matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A component announced larger than an upload may be is refused before
+/// it is read: a client waiting for "100 Continue" gets the 413 instead.
+async fn refuse_announced_over_limit(request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > MAX_COMPONENT_BYTES as u64) {
+        return ApiError::TooLarge {
+            limit: MAX_COMPONENT_BYTES,
+        }
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Largest component a deploy may upload.
