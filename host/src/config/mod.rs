@@ -111,7 +111,8 @@ pub struct Delivery {
     pub retention_interval_ms: u64,
     /// Dead letters older than this are deleted (0: keep).
     pub dead_letter_hours: u64,
-    /// At most this much of dead letters is kept, in MiB: the oldest go.
+    /// At most this much of dead letters is kept, in MiB: the oldest go
+    /// (0: no limit).
     pub dead_letter_mib: u64,
 }
 

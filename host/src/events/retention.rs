@@ -68,10 +68,12 @@ pub(super) async fn retention(
             }
         }
         let dead_before = hours_ago(delivery.dead_letter_hours);
-        match dead_letters
-            .expire(dead_before, delivery.dead_letter_mib * 1024 * 1024)
-            .await
-        {
+        // 0 keeps them all, as for dead_letter_hours.
+        let dead_bytes = match delivery.dead_letter_mib {
+            0 => i64::MAX.unsigned_abs(),
+            mib => mib.saturating_mul(1024 * 1024).min(i64::MAX.unsigned_abs()),
+        };
+        match dead_letters.expire(dead_before, dead_bytes).await {
             Ok(0) => {}
             Ok(pruned) => tracing::warn!(pruned, "old dead letters deleted"),
             Err(err) => tracing::error!(cause = %format!("{err:#}"), "dead-letter retention failed"),
