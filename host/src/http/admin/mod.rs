@@ -72,14 +72,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A component announced larger than an upload may be is refused before
-/// it is read: a client waiting for "100 Continue" gets the 413 instead.
+/// A component announced larger than an upload may be, by a client that
+/// waits for "100 Continue", gets the 413 instead, before it sends the
+/// body. (One that sends at once has its body read up to the limit, so
+/// that it reads the 413 rather than a reset.)
 async fn refuse_announced_over_limit(request: Request, next: Next) -> Response {
-    let announced = request
-        .headers()
+    let headers = request.headers();
+    let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > MAX_COMPONENT_BYTES as u64) {
+    let waits = headers
+        .get(header::EXPECT)
+        .is_some_and(|expect| expect.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if waits && announced.is_some_and(|length| length > MAX_COMPONENT_BYTES as u64) {
         return ApiError::TooLarge {
             limit: MAX_COMPONENT_BYTES,
         }
