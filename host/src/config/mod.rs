@@ -16,6 +16,13 @@ use serde::Deserialize;
 
 pub use gateway::{Auth, RateLimit};
 
+/// Whether the path prefix `prefix` covers `path` by whole segments:
+/// `/cars` covers `/cars` and `/cars/7`, not `/carsx`; `/` covers all.
+pub fn covers(prefix: &str, path: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'))
+}
+
 /// Errors in the configuration, each telling what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -446,10 +453,7 @@ impl Config {
         self.components
             .iter()
             .flat_map(|(name, component)| component.routes.iter().map(move |route| (route, name)))
-            .filter(|(route, _)| {
-                path.strip_prefix(route.as_str())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            })
+            .filter(|(route, _)| covers(route, path))
             .max_by_key(|(route, _)| route.len())
             .map(|(_, name)| name.as_str())
     }

@@ -284,6 +284,22 @@ async fn a_log_that_cannot_be_written_fails_no_request() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sends `head` (a request without its body) on a connection of its own
+/// and returns the first thing the host answers.
+async fn first_answer(host: &Host, head: &str) -> anyhow::Result<String> {
+    let address = host.base.trim_start_matches("http://").to_string();
+    let head = head.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(head.as_bytes())?;
+        let mut buffer = [0u8; 512];
+        let read = stream.read(&mut buffer)?;
+        Ok(String::from_utf8_lossy(&buffer[..read]).into_owned())
+    })
+    .await?
+}
+
 /// A child process killed when the test ends.
 struct KillOnDrop(std::process::Child);
 
@@ -324,38 +340,26 @@ async fn the_hosts_own_errors_are_json() -> anyhow::Result<()> {
     }
 
     // A body announced over the limit gets its 413 before "100 Continue".
-    let address = host.base.trim_start_matches("http://").to_string();
     let bearer = crate::harness::token("kim", &["customer"]);
-    let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-        let mut stream = std::net::TcpStream::connect(address)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let head = format!(
+    let answer = first_answer(
+        &host,
+        &format!(
             "POST /hostile/sql/count HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\n\
-             Content-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
-        );
-        stream.write_all(head.as_bytes())?;
-        let mut buffer = [0u8; 512];
-        let read = stream.read(&mut buffer)?;
-        Ok(String::from_utf8_lossy(&buffer[..read]).into_owned())
-    })
-    .await??;
+         Content-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
+        ),
+    )
+    .await?;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 
     // So does a component upload announced over its limit (64 MiB).
-    let address = host.base.trim_start_matches("http://").to_string();
-    let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-        let mut stream = std::net::TcpStream::connect(address)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let head = format!(
+    let answer = first_answer(
+        &host,
+        &format!(
             "PUT /admin/components/probe HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
-             Content-Length: 70000000\r\nExpect: 100-continue\r\n\r\n"
-        );
-        stream.write_all(head.as_bytes())?;
-        let mut buffer = [0u8; 512];
-        let read = stream.read(&mut buffer)?;
-        Ok(String::from_utf8_lossy(&buffer[..read]).into_owned())
-    })
-    .await??;
+         Content-Length: 70000000\r\nExpect: 100-continue\r\n\r\n"
+        ),
+    )
+    .await?;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     Ok(())
 }

@@ -25,7 +25,7 @@ use auth::Verifier;
 pub use keys::parse_ttl;
 use rate::RateLimits;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::http::error::ApiError;
 
 /// The header that tells a component who is asking.
@@ -73,12 +73,9 @@ impl Gateway {
     }
 
     fn is_public(&self, method: &str, path: &str) -> bool {
-        self.public.iter().any(|(m, prefix)| {
-            (m == method || (m == "GET" && method == "HEAD"))
-                && path
-                    .strip_prefix(prefix.as_str())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'))
-        })
+        self.public
+            .iter()
+            .any(|(m, prefix)| (m == method || (m == "GET" && method == "HEAD")) && config::covers(prefix, path))
     }
 
     /// Who presents `headers`' bearer token; `Ok(None)` without one.

@@ -46,10 +46,7 @@ impl RateLimits {
     /// prefix covers it; `Err` with how long to wait if one is exhausted.
     pub fn check(&self, path: &str, caller: &str) -> Result<(), Duration> {
         for rule in &self.rules {
-            let covered = path
-                .strip_prefix(rule.prefix.as_str())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rule.prefix.ends_with('/'));
-            if !covered {
+            if !crate::config::covers(&rule.prefix, path) {
                 continue;
             }
             if rule.limiter.len() > FORGET_ABOVE {
