@@ -174,7 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Listen for SIGTERM before saying so: a signal sent as soon as the line
     // appears must drain, not kill.
     let shutdown = shutdown_signal()?;
-    tracing::info!(addr = %local, "serving");
+    tracing::info!(addr = %local, console = %format!("http://{local}/console"), "serving");
     // The one line on stderr that tests and scripts wait for (and that
     // must not stop the host when stderr cannot be written).
     let _ = writeln!(std::io::stderr(), "listening on http://{local}");

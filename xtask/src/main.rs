@@ -6,7 +6,8 @@
 //!   build). The host replaces the xtask process (module [`serve`]), so a
 //!   SIGTERM to the process `cargo xtask run` started stops the host.
 //! - `cargo xtask test`: builds, installs tansu (a Kafka-protocol broker)
-//!   into a cache if missing, runs every test against the real host, then
+//!   and Selenium into a cache and Chromium with apt if missing, runs every
+//!   test against the real host (the console's in a headless browser), then
 //!   the contract tests (schemathesis, installed into the cache if missing,
 //!   against `host/openapi.json`), and the end-to-end suite again with
 //!   every host's events on tansu.
@@ -22,6 +23,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
+mod browser;
 mod contract;
 mod kafka;
 mod serve;
@@ -76,12 +78,14 @@ fn main() -> anyhow::Result<()> {
         "test" => {
             build()?;
             let tansu = kafka::tansu()?;
+            let selenium = browser::prepare()?;
             // The default members: the host, xtask and the SDK (its unit
             // tests run natively), not the guests.
             run(cargo()
                 .args(["test", "--release"])
                 .args(rest)
-                .env("RENTCAR_TANSU", &tansu))?;
+                .env("RENTCAR_TANSU", &tansu)
+                .env("RENTCAR_SELENIUM_PYTHON", &selenium))?;
             if !rest.is_empty() {
                 return Ok(());
             }
@@ -95,6 +99,7 @@ fn main() -> anyhow::Result<()> {
                 .args(["test", "--release", "-p", "rentcar-host", "--test", "e2e", "--"])
                 .args(["--skip", "events::retention_bounds_the_log_once_events_are_delivered"])
                 .env("RENTCAR_TANSU", &tansu)
+                .env("RENTCAR_SELENIUM_PYTHON", &selenium)
                 .env("RENTCAR_TEST_BUS", "kafka")
                 .env("RENTCAR_TEST_BROKERS", &broker.address))
         }

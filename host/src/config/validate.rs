@@ -9,7 +9,7 @@ use super::{BusKind, Config, ConfigError, Subscription};
 const MAX_LINGER_MS: u64 = 1_000;
 
 /// Paths the host keeps for itself.
-const RESERVED_PREFIXES: &[&str] = &["/admin", "/healthz", "/readyz", "/metrics", "/openapi.json"];
+const RESERVED_PREFIXES: &[&str] = &["/admin", "/healthz", "/readyz", "/metrics", "/openapi.json", "/console"];
 
 impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {

@@ -1,7 +1,8 @@
 //! HTTP: the listener, the router that hands requests to components, the
-//! `/admin` API, and the JSON errors of both.
+//! `/admin` API, the web console, and the JSON errors of both.
 
 pub mod admin;
+pub mod console;
 pub mod error;
 pub mod gateway;
 pub mod metrics;

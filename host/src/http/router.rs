@@ -39,6 +39,7 @@ pub fn router(runtime: Arc<Runtime>, gateway: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .merge(crate::http::admin::router(runtime.clone(), gateway.clone()))
+        .merge(crate::http::console::router())
         // The host's own errors (axum's rejections: a bad path parameter, a
         // wrong method, a body over the limit) in the API's JSON shape.
         .route_layer(axum::middleware::map_response(json_errors))

@@ -6,6 +6,7 @@ mod harness;
 mod api;
 mod auth;
 mod concurrency;
+mod console;
 mod crash;
 mod events;
 mod flow;
