@@ -43,6 +43,10 @@ enum Command {
         /// `server.data_dir`).
         #[arg(long, env = "RENTCAR_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Directory of the compiled components' cache (overrides
+        /// `server.cache_dir`; default: `cache` in the data directory).
+        #[arg(long, env = "RENTCAR_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
         /// Bearer token of the admin API (overrides `admin.token`).
         #[arg(long, env = "RENTCAR_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
@@ -121,15 +125,16 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let (config, listen, data_dir, admin_token, jwt_secret, watch) = match cli.command {
+    let (config, listen, data_dir, cache_dir, admin_token, jwt_secret, watch) = match cli.command {
         Command::Serve {
             config,
             listen,
             data_dir,
+            cache_dir,
             admin_token,
             jwt_secret,
             watch,
-        } => (config, listen, data_dir, admin_token, jwt_secret, watch),
+        } => (config, listen, data_dir, cache_dir, admin_token, jwt_secret, watch),
         Command::Deploy { name, file, url, token } => return deploy(&name, &file, &url, &token).await,
         Command::Token {
             sub,
@@ -160,6 +165,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Some(data_dir) = data_dir {
         config.server.data_dir = data_dir;
+    }
+    if cache_dir.is_some() {
+        config.server.cache_dir = cache_dir;
     }
     if let Some(token) = admin_token {
         config.admin.token = Some(token);

@@ -30,17 +30,6 @@ pub fn prepare() -> anyhow::Result<PathBuf> {
             .or_else(|_| crate::run(Command::new("apt-get").arg("update")).and_then(|()| install()))
             .context("the console's browser test needs Chromium: apt-get install chromium chromium-driver")?;
     }
-    let venv = crate::cache_dir()?.join(format!("selenium-{SELENIUM}"));
-    let python = venv.join("bin/python");
-    if !python.is_file() {
-        eprintln!("xtask: installing Selenium {SELENIUM} into {} (once)", venv.display());
-        crate::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
-            .context("python3 with venv is needed for the browser test (Debian: python3-venv)")?;
-        crate::run(
-            Command::new(venv.join("bin/pip"))
-                .args(["install", "--quiet", "--disable-pip-version-check"])
-                .arg(format!("selenium=={SELENIUM}")),
-        )?;
-    }
+    let python = crate::python::venv("selenium", SELENIUM)?.join("bin/python");
     Ok(python)
 }

@@ -21,25 +21,9 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
 const SECRET: &str = "the contract tests' HS256 secret, not a real one";
 const ADMIN_TOKEN: &str = "contract-admin-token";
 
-/// schemathesis' `st`, installed first if missing: in a virtual
-/// environment under the cache (see [`crate::cache_dir`]).
+/// schemathesis' `st`, installed first if missing.
 pub fn schemathesis() -> anyhow::Result<PathBuf> {
-    let venv = crate::cache_dir()?.join(format!("schemathesis-{VERSION}"));
-    let st = venv.join("bin/st");
-    if !st.is_file() {
-        eprintln!(
-            "xtask: installing schemathesis {VERSION} into {} (once)",
-            venv.display()
-        );
-        crate::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
-            .context("python3 with venv is needed for the contract tests (Debian: python3-venv)")?;
-        crate::run(
-            Command::new(venv.join("bin/pip"))
-                .args(["install", "--quiet", "--disable-pip-version-check"])
-                .arg(format!("schemathesis=={VERSION}")),
-        )?;
-    }
-    Ok(st)
+    Ok(crate::python::venv("schemathesis", VERSION)?.join("bin/st"))
 }
 
 /// Starts a host on the repository's runtime.toml, gives it a car and an
@@ -48,7 +32,7 @@ pub fn run(root: &Path, st: &Path) -> anyhow::Result<()> {
     let data = std::env::temp_dir().join(format!("rentcar-contract-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     let host_binary = root.join("target/release/rentcar-host");
-    let mut host = Host::start(&host_binary, &root.join("runtime.toml"), &data)?;
+    let mut host = Host::start(root, &host_binary, &root.join("runtime.toml"), &data)?;
     let token = {
         let output = Command::new(&host_binary)
             .args([
@@ -102,7 +86,7 @@ struct Host {
 }
 
 impl Host {
-    fn start(binary: &Path, config: &Path, data: &Path) -> anyhow::Result<Host> {
+    fn start(root: &Path, binary: &Path, config: &Path, data: &Path) -> anyhow::Result<Host> {
         let mut child = Command::new(binary)
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(config)
@@ -110,6 +94,8 @@ impl Host {
             .arg(data)
             .env("RENTCAR_JWT_SECRET", SECRET)
             .env("RENTCAR_ADMIN_TOKEN", ADMIN_TOKEN)
+            // The end-to-end tests' cache: loyalty (Python) is compiled once.
+            .env("RENTCAR_CACHE_DIR", root.join("target/wasmtime-cache"))
             .env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

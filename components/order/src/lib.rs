@@ -124,13 +124,21 @@ impl Component for Orders {
     fn on_event(event: &Envelope) -> Result<(), Error> {
         match Heard::read(event)? {
             // Only a paid order moves on; one cancelled meanwhile stays so.
-            Some(Heard::CarReserved(order)) => set_status(event, &order, "RESERVED", &["PAID"]),
-            Some(Heard::ReservationRejected(order)) => set_status(event, &order, "REJECTED", &["PAID"]),
+            Some(Heard::CarReserved(order)) => {
+                if set_status(event, &order, "RESERVED", &["PAID"])? {
+                    announce(order.order_id, Published::OrderReserved)?;
+                }
+                Ok(())
+            }
+            Some(Heard::ReservationRejected(order)) => set_status(event, &order, "REJECTED", &["PAID"]).map(drop),
             // A cancel that died between payment's commit and its own. The
             // order may have been rejected meanwhile: its payment, cancelled
             // instead of refunded, makes it cancelled all the same.
             Some(Heard::PaymentCancelled(order)) => {
-                set_status(event, &order, "CANCELLED", &["PAID", "RESERVED", "REJECTED"])
+                if set_status(event, &order, "CANCELLED", &["PAID", "RESERVED", "REJECTED"])? {
+                    announce(order.order_id, Published::OrderCancelled)?;
+                }
+                Ok(())
             }
             Some(Heard::PaymentApproved(order)) => abandon_if_missing(event, &order),
             // The subscriptions list the types above; nothing else is ours.
@@ -188,10 +196,36 @@ rentcar_sdk::events! {
 }
 
 rentcar_sdk::events! {
-    /// What order publishes on the `order` topic.
+    /// What order publishes on the `order` topic: an abandoned payment (for
+    /// payment to refund), and the orders that were reserved and cancelled
+    /// (for loyalty, with the customer).
     enum Published {
         OrderAbandoned(Abandoned),
+        OrderReserved(Announced),
+        OrderCancelled(Announced),
     }
+}
+
+/// An order that was reserved or cancelled, as loyalty needs it.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Announced {
+    order_id: Id,
+    customer: String,
+    car_id: Id,
+    qty: u32,
+}
+
+/// Publishes that an order moved on, in the transaction that moved it.
+fn announce(order_id: Id, event: fn(Announced) -> Published) -> Result<(), Error> {
+    let order = find(order_id)?.ok_or_else(|| Error::internal(format!("order {order_id} vanished")))?;
+    let announced = Announced {
+        order_id: order.id,
+        customer: order.customer,
+        car_id: order.car_id,
+        qty: order.qty,
+    };
+    publish(order_id, &event(announced))
 }
 
 /// The part of rentcar's and payment's events an order needs. Payment
@@ -240,7 +274,8 @@ fn not_placed_yet(event: &OrderEvent) -> Error {
     Error::internal(format!("order {} is not placed yet; checking again", event.order_id))
 }
 
-fn set_status(event: &Envelope, order: &OrderEvent, status: &str, from: &[&str]) -> Result<(), Error> {
+/// Moves an order to `status` from one of `from`; whether it moved.
+fn set_status(event: &Envelope, order: &OrderEvent, status: &str, from: &[&str]) -> Result<bool, Error> {
     let mut changed = 0;
     for current in from {
         changed += db::execute(
@@ -257,7 +292,7 @@ fn set_status(event: &Envelope, order: &OrderEvent, status: &str, from: &[&str])
     if changed == 0 && find(order.order_id)?.is_none() && !is_abandoned(order.order_id)? && may_be_in_flight(event) {
         return Err(not_placed_yet(order));
     }
-    Ok(())
+    Ok(changed > 0)
 }
 
 fn is_abandoned(order_id: Id) -> Result<bool, Error> {
@@ -554,10 +589,13 @@ fn cancel(request: &Request, params: &Params) -> Result<Response, Error> {
     // Rentcar may have rejected the order meanwhile; its payment, cancelled
     // now, is not refunded, so the order is cancelled all the same. Applied
     // by `PaymentCancelled` already, it changes nothing.
-    db::execute(
+    let cancelled = db::execute(
         "UPDATE orders SET status = 'CANCELLED' WHERE id = ? AND status IN ('PAID', 'RESERVED', 'REJECTED')",
         &[id.into()],
     )?;
+    if cancelled.rows_affected > 0 {
+        announce(id, Published::OrderCancelled)?;
+    }
     let order = find(id)?.ok_or_else(|| Error::internal("order vanished"))?;
     Ok(Response::json(200, &order))
 }

@@ -1,9 +1,10 @@
 //! What a component may import: WASI without ambient authority, the types
 //! of `wasi:http`, `wasi:config`, and the host's own capabilities, its
-//! database (`sql`) and its outbox (`events`). All of them are added to a
-//! linker here.
+//! database (`sql`, or `wasi:keyvalue` over the same database) and its
+//! outbox (`events`). All of them are added to a linker here.
 
 pub mod events;
+pub mod keyvalue;
 pub mod sql;
 
 use wasmtime::component::{HasSelf, Linker};
@@ -14,7 +15,7 @@ use crate::instance::invocation::Invocation;
 
 /// What every component may import: WASI without any ambient authority,
 /// the types of `wasi:http` (but no outgoing requests), its database, its
-/// outbox and its configuration.
+/// key-value store, outbox and configuration.
 pub fn add_to_linker(linker: &mut Linker<Invocation>) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     let options = wasmtime_wasi_http::p2::bindings::LinkOptions::default();
@@ -25,6 +26,9 @@ pub fn add_to_linker(linker: &mut Linker<Invocation>) -> anyhow::Result<()> {
     )?;
     bindings::sql::add_to_linker::<_, HasSelf<Invocation>>(linker, |invocation| invocation)?;
     bindings::events::add_to_linker::<_, HasSelf<Invocation>>(linker, |invocation| invocation)?;
+    bindings::keyvalue::store::add_to_linker::<_, HasSelf<Invocation>>(linker, |invocation| invocation)?;
+    bindings::keyvalue::atomics::add_to_linker::<_, HasSelf<Invocation>>(linker, |invocation| invocation)?;
+    bindings::keyvalue::batch::add_to_linker::<_, HasSelf<Invocation>>(linker, |invocation| invocation)?;
     wasmtime_wasi_config::add_to_linker(linker, Invocation::config)?;
     Ok(())
 }

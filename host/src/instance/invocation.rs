@@ -81,6 +81,11 @@ impl Invocation {
     pub fn config(&mut self) -> WasiConfig<'_> {
         WasiConfig::from(&*self.config)
     }
+
+    /// The invocation's resources (key-value buckets, besides WASI's own).
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
 }
 
 impl WasiView for Invocation {

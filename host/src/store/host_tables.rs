@@ -1,6 +1,6 @@
 //! The host's own tables in every component's database, and all of their
-//! SQL: the transactional outbox, the inbox of applied events, and the mark
-//! of a reset whose rewind is pending. Guests cannot see them (see the
+//! SQL: the transactional outbox, the inbox of applied events, the mark
+//! of a reset whose rewind is pending, and the key-value store. Guests cannot see them (see the
 //! authorizer); the rest of the host reaches them only through here.
 
 use rusqlite::{Connection, OptionalExtension as _, params};
@@ -32,6 +32,15 @@ pub const MIGRATIONS: &[&str] = &[
     // A row here: the component was reset (in the same transaction) and its
     // positions in the log are not rewound yet. See `Runtime::rewind`.
     "CREATE TABLE _rc_rewind (pending INTEGER NOT NULL)",
+    // The component's key-value store (`wasi:keyvalue`), in its own
+    // transactions. The id orders `list-keys` pages and resumes them.
+    "CREATE TABLE _rc_kv (
+        id INTEGER PRIMARY KEY,
+        bucket TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        UNIQUE (bucket, key)
+    )",
 ];
 
 /// An event as a guest publishes it, before the relay moves it to the log.
@@ -138,4 +147,79 @@ pub fn rewind_pending(conn: &Connection) -> rusqlite::Result<bool> {
 /// A reset's second half is done.
 pub fn rewound(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute("DELETE FROM _rc_rewind", []).map(drop)
+}
+
+/// A key's value in a bucket of the key-value store.
+pub fn kv_get(conn: &Connection, bucket: &str, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT value FROM _rc_kv WHERE bucket = ? AND key = ?")?
+        .query_row(params![bucket, key], |row| row.get(0))
+        .optional()
+}
+
+/// Sets a key's value; a key set again keeps its place in `kv_keys_after`.
+pub fn kv_set(conn: &Connection, bucket: &str, key: &str, value: &[u8]) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO _rc_kv (bucket, key, value) VALUES (?, ?, ?)
+         ON CONFLICT (bucket, key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![bucket, key, value])
+    .map(drop)
+}
+
+pub fn kv_delete(conn: &Connection, bucket: &str, key: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM _rc_kv WHERE bucket = ? AND key = ?")?
+        .execute(params![bucket, key])
+        .map(drop)
+}
+
+/// Up to `limit` keys of a bucket after the one with id `after`, with
+/// their ids, in id order.
+pub fn kv_keys_after(
+    conn: &Connection,
+    bucket: &str,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<(i64, String)>> {
+    conn.prepare_cached("SELECT id, key FROM _rc_kv WHERE bucket = ? AND id > ? ORDER BY id LIMIT ?")?
+        .query_map(params![bucket, after, limit as i64], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::*;
+
+    fn migrated() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        for migration in MIGRATIONS {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn
+    }
+
+    #[test]
+    fn the_key_value_store_keeps_buckets_apart_and_pages_keys_in_the_order_first_set() {
+        let conn = migrated();
+        kv_set(&conn, "a", "x", b"1").unwrap();
+        kv_set(&conn, "a", "y", b"2").unwrap();
+        kv_set(&conn, "b", "x", b"other bucket").unwrap();
+        kv_set(&conn, "a", "x", b"3").unwrap();
+        assert_eq!(kv_get(&conn, "a", "x").unwrap(), Some(b"3".to_vec()));
+        assert_eq!(kv_get(&conn, "b", "x").unwrap(), Some(b"other bucket".to_vec()));
+        assert_eq!(kv_get(&conn, "a", "z").unwrap(), None);
+
+        // Set again, `x` keeps its place; a page resumes after its last id.
+        let page = kv_keys_after(&conn, "a", 0, 1).unwrap();
+        assert_eq!(page.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(), ["x"]);
+        let rest = kv_keys_after(&conn, "a", page[0].0, 10).unwrap();
+        assert_eq!(rest.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(), ["y"]);
+
+        kv_delete(&conn, "a", "x").unwrap();
+        assert_eq!(kv_get(&conn, "a", "x").unwrap(), None);
+        assert_eq!(kv_get(&conn, "b", "x").unwrap(), Some(b"other bucket".to_vec()));
+    }
 }

@@ -29,7 +29,9 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::Context as _;
-use rusqlite::Connection;
+/// A component database's connection; capabilities pass it to the host
+/// tables' SQL (`host_tables`) in an invocation's transaction.
+pub use rusqlite::Connection;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
 use tokio::sync::{Mutex, OwnedMutexGuard};

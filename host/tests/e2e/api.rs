@@ -118,6 +118,6 @@ async fn admin_api_requires_the_token() -> anyhow::Result<()> {
     assert_error(status, &body, 404, "unknown component");
     let (status, body) = host.admin(reqwest::Method::GET, "/admin/components").await?;
     assert_eq!(status, 200);
-    assert_eq!(body.as_array().map(Vec::len), Some(4), "{body}");
+    assert_eq!(body.as_array().map(Vec::len), Some(5), "{body}");
     Ok(())
 }

@@ -15,5 +15,6 @@ mod guests;
 mod hardening;
 mod kafka;
 mod lifecycle;
+mod loyalty;
 mod resilience;
 mod swap;
