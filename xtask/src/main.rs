@@ -1,8 +1,9 @@
 //! `cargo xtask`: the project's build, run and test commands.
 //!
 //! - `cargo xtask build`: the release host and every component (wasm32-wasip2):
-//!   the Rust ones with cargo, loyalty (Python) with componentize-py, which
-//!   it installs into the cache first if missing.
+//!   the Rust ones with cargo, loyalty (Python) with componentize-py and the
+//!   JavaScript test component with componentize-js, each installed into
+//!   the cache first if missing (module [`polyglot`]).
 //! - `cargo xtask run`: builds, then serves `runtime.toml` on 127.0.0.1:8080
 //!   with data under `./data` (`cargo xtask serve`: the same without the
 //!   build). The host replaces the xtask process (module [`serve`]), so a
@@ -28,7 +29,7 @@ use anyhow::{Context as _, bail};
 mod browser;
 mod contract;
 mod kafka;
-mod loyalty;
+mod polyglot;
 mod python;
 mod serve;
 
@@ -135,7 +136,7 @@ fn build() -> anyhow::Result<()> {
     // into the guests.
     guests.env_remove("CARGO_ENCODED_RUSTFLAGS").env_remove("RUSTFLAGS");
     run(&mut guests)?;
-    loyalty::build(&root())?;
+    polyglot::build(&root())?;
     run(cargo().args(["build", "--release", "-p", "rentcar-host"]))
 }
 

@@ -161,6 +161,7 @@ impl Host {
             "rentcar",
             "view",
             "loyalty",
+            "hello_js",
             "probe",
             "hostile",
             "broken_payment",

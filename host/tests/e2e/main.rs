@@ -15,6 +15,6 @@ mod guests;
 mod hardening;
 mod kafka;
 mod lifecycle;
-mod loyalty;
+mod polyglot;
 mod resilience;
 mod swap;

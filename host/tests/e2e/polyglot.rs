@@ -1,8 +1,14 @@
+//! Components in other languages than Rust.
+//!
 //! Loyalty, the context written in Python on a key-value store: points
 //! follow reservations and cancels exactly, a customer reads only their own,
 //! and the context catches up after a stop, rebuilds after a reset, and is
 //! swapped under load without a failed request. (Redelivery after a kill -9
 //! is checked by the crash tests: `books_balance` includes loyalty.)
+//!
+//! hello-js, a component in JavaScript (componentize-js), is loaded, routed
+//! to and configured like any other: the host's WIT is usable from a third
+//! language.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +17,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{Host, TOKEN, client_as, eventually, variant};
+use crate::harness::{Host, TOKEN, client_as, eventually, variant, wasm};
 
 /// Waits until `customer` has `points` from `orders` reserved orders.
 async fn points(host: &Host, customer: &str, points: i64, orders: i64) -> anyhow::Result<Value> {
@@ -212,4 +218,28 @@ async fn version(host: &Host) -> anyhow::Result<String> {
         .and_then(|all| all.iter().find(|c| c["name"] == "loyalty"))
         .ok_or_else(|| anyhow::anyhow!("no loyalty in {components}"))?;
     Ok(loyalty["version"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn a_javascript_component_is_loaded_routed_and_configured_like_any_other() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("hello.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[components.hello]\npath = {:?}\nroutes = [\"/hello\"]\nconfig = {{ greeting = \"annyeong\" }}\n",
+            wasm("hello_js")
+        ),
+    )?;
+    let host = Host::start_with(&config, &dir.path().join("data"))?;
+    let (status, body) = host.get("/hello/world").await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({ "greeting": "annyeong", "from": "JavaScript", "path": "/hello/world" })
+    );
+    // Behind the same gateway as every component.
+    let anonymous = reqwest::get(format!("{}/hello", host.base)).await?;
+    assert_eq!(anonymous.status(), 401);
+    Ok(())
 }
