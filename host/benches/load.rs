@@ -17,6 +17,8 @@ mod broker;
 #[path = "../tests/e2e/harness.rs"]
 #[allow(dead_code, reason = "the bench uses part of the test harness")]
 mod harness;
+#[path = "common/oha.rs"]
+mod oha;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -25,14 +27,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use harness::{Host, root, runtime_toml, wasm};
+use oha::{CONNECTIONS, Run, compare, oha};
 use serde_json::{Value, json};
 
-/// Seconds per oha run, and its connections.
-const SECONDS: u64 = 5;
-const CONNECTIONS: u32 = 32;
-/// Runs per target in a comparison, alternating between the targets so
-/// that a noisy stretch of the machine hits them alike; medians reported.
-const ROUNDS: usize = 3;
 /// Scenario 3's target as a service level: orders started at this fixed
 /// rate (open loop), with latency corrected for coordinated omission, so
 /// a server falling behind shows in p99 instead of slowing the load.
@@ -40,122 +37,12 @@ const ORDER_RATE: u32 = 5_000;
 /// Connections oha may use to keep that rate.
 const RATED_CONNECTIONS: u32 = 64;
 
-/// What one oha run measured.
-struct Run {
-    rps: f64,
-    p50: f64,
-    p99: f64,
-    p999: f64,
-    success: f64,
-}
-
-impl Run {
-    fn row(&self, scenario: &str, target: &str) -> String {
-        format!(
-            "| {scenario} | {target} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1}% |",
-            self.rps,
-            self.p50 * 1e3,
-            self.p99 * 1e3,
-            self.p999 * 1e3,
-            self.success * 100.0
-        )
-    }
-}
-
-/// Each target's median run over `ROUNDS` alternating rounds of the same
-/// load: `targets` are (url, extra oha arguments). After each run, `settle`
-/// waits until the events it left behind are delivered, so that this work
-/// does not run in the next target's window.
-async fn compare(
-    targets: &[(String, Vec<String>)],
-    connections: u32,
-    settle: impl AsyncFn() -> anyhow::Result<()>,
-) -> anyhow::Result<Vec<Run>> {
-    let mut runs: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
-    for _ in 0..ROUNDS {
-        for ((url, extra), runs) in targets.iter().zip(&mut runs) {
-            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-            runs.push(oha_with(url, &extra, connections)?);
-            settle().await?;
-        }
-    }
-    Ok(runs.into_iter().map(Run::median).collect())
-}
-
-impl Run {
-    /// Field by field, the median of the runs.
-    fn median(runs: Vec<Run>) -> Run {
-        let median = |field: fn(&Run) -> f64| {
-            let mut values: Vec<f64> = runs.iter().map(field).collect();
-            values.sort_by(f64::total_cmp);
-            values[values.len() / 2]
-        };
-        Run {
-            rps: median(|r| r.rps),
-            p50: median(|r| r.p50),
-            p99: median(|r| r.p99),
-            p999: median(|r| r.p999),
-            success: median(|r| r.success),
-        }
-    }
-}
-
 /// The table rows of a host-vs-native comparison (`runs` from [`compare`]),
 /// and their ratio.
 fn host_vs_native(rows: &mut Vec<String>, ratios: &mut Vec<String>, scenario: &str, runs: &[Run]) {
     rows.push(runs[0].row(scenario, "rentcar-host"));
     rows.push(runs[1].row(scenario, "native axum"));
     ratios.push(format!("{scenario}: host/native {:.2}", runs[0].rps / runs[1].rps));
-}
-
-fn oha(url: &str, extra: &[&str]) -> anyhow::Result<Run> {
-    oha_with(url, extra, CONNECTIONS)
-}
-
-fn oha_with(url: &str, extra: &[&str], connections: u32) -> anyhow::Result<Run> {
-    let output = Command::new("oha")
-        .args([
-            "-z",
-            &format!("{SECONDS}s"),
-            "-c",
-            &connections.to_string(),
-            "--no-tui",
-            "--output-format",
-            "json",
-            // The host checks it (the gateway's cost is part of every
-            // request); the native baselines ignore it.
-            "-H",
-            &format!(
-                "authorization: Bearer {}",
-                harness::token("bench", &["customer", "admin"])
-            ),
-        ])
-        .args(extra)
-        .arg(url)
-        .output()
-        .context("oha is missing: `cargo xtask bench` installs it")?;
-    if !output.status.success() {
-        bail!("oha failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    let report: Value = serde_json::from_slice(&output.stdout)?;
-    let percentile = |p: &str| report["latencyPercentiles"][p].as_f64().unwrap_or(f64::NAN);
-    let total: u64 = report["statusCodeDistribution"]
-        .as_object()
-        .map_or(0, |codes| codes.values().filter_map(Value::as_u64).sum());
-    let good: u64 = report["statusCodeDistribution"].as_object().map_or(0, |codes| {
-        codes
-            .iter()
-            .filter(|(code, _)| code.starts_with('2'))
-            .filter_map(|(_, n)| n.as_u64())
-            .sum()
-    });
-    Ok(Run {
-        rps: report["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
-        p50: percentile("p50"),
-        p99: percentile("p99"),
-        p999: percentile("p99.9"),
-        success: good as f64 / total.max(1) as f64,
-    })
 }
 
 /// A process that prints `listening on http://ADDR` when ready.
