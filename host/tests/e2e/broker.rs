@@ -77,7 +77,8 @@ fn tansu() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn dirs_cache() -> PathBuf {
+/// The user's cache directory, where `cargo xtask test` installs tools.
+pub fn dirs_cache() -> PathBuf {
     match std::env::var_os("XDG_CACHE_HOME") {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"),

@@ -86,13 +86,7 @@ fn config_with_probe(dir: &Path) -> anyhow::Result<PathBuf> {
 fn selenium_python() -> anyhow::Result<PathBuf> {
     let path = match std::env::var_os("RENTCAR_SELENIUM_PYTHON") {
         Some(path) => PathBuf::from(path),
-        None => {
-            let cache = match std::env::var_os("XDG_CACHE_HOME") {
-                Some(dir) => PathBuf::from(dir),
-                None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"),
-            };
-            cache.join("rentcar/selenium-4.50.0/bin/python")
-        }
+        None => crate::broker::dirs_cache().join("rentcar/selenium-4.50.0/bin/python"),
     };
     if !path.is_file() {
         bail!(
