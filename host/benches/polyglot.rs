@@ -22,23 +22,22 @@ mod oha;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use harness::{Host, eventually, root, runtime_toml, wasm};
+use harness::{Host, eventually, runtime_toml_with, wasm};
 use oha::{CONNECTIONS, compare};
 
 /// The repository's runtime.toml with absolute paths, plus ping (Rust) and
 /// hello-js (JavaScript).
 fn config(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
-    let mut config = std::fs::read_to_string(runtime_toml())?
-        .replace("path = \"target/", &format!("path = \"{}/target/", root().display()));
-    for (name, wasm_name, route) in [("ping", "ping", "/ping"), ("hello", "hello_js", "/hello")] {
-        config.push_str(&format!(
-            "\n[components.{name}]\npath = {:?}\nroutes = [\"{route}\"]\n",
-            wasm(wasm_name)
-        ));
-    }
-    let path = dir.join("polyglot.toml");
-    std::fs::write(&path, config)?;
-    Ok(path)
+    let extra: String = [("ping", "ping", "/ping"), ("hello", "hello_js", "/hello")]
+        .iter()
+        .map(|(name, wasm_name, route)| {
+            format!(
+                "\n[components.{name}]\npath = {:?}\nroutes = [\"{route}\"]\n",
+                wasm(wasm_name)
+            )
+        })
+        .collect();
+    runtime_toml_with(dir, &extra)
 }
 
 /// Mean instantiation time per component, in ms, from `/metrics`.
@@ -81,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
         Ok((account["points"] == 200).then_some(()))
     })
     .await?;
-    let rss_idle = kib(host.pid());
+    let idle = Memory::of(host.pid());
 
     let targets = [
         ("trivial answer", "Rust (ping)", "/ping"),
@@ -98,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|(_, _, path)| (format!("{}{path}", host.base), Vec::new()))
         .collect();
     let runs = compare(&urls, CONNECTIONS, &async || Ok(())).await?;
-    let rss_after = kib(host.pid());
+    let after = Memory::of(host.pid());
     let instantiation = instantiation_ms(&host).await?;
 
     println!("| scenario | component | req/s | p50 ms | p99 ms | p99.9 ms | 2xx |");
@@ -113,20 +112,36 @@ async fn main() -> anyhow::Result<()> {
         runs[3].rps / runs[2].rps
     );
     println!("mean instantiation, ms: {instantiation:.3?}");
-    println!(
-        "host RSS: {} MiB idle with every component loaded, {} MiB after the runs",
-        rss_idle / 1024,
-        rss_after / 1024
-    );
+    println!("host memory, idle with every component loaded: {idle}; after the runs: {after}");
     Ok(())
 }
 
-fn kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-            line.split_whitespace().nth(1)?.parse().ok()
-        })
-        .unwrap_or(0)
+/// A process's resident memory (RSS) and its proportional share (PSS): the
+/// pool's slots map the same image pages, which RSS counts once per slot.
+struct Memory {
+    rss_kib: u64,
+    pss_kib: u64,
+}
+
+impl Memory {
+    fn of(pid: u32) -> Memory {
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        let field = |name: &str| {
+            rollup
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        Memory {
+            rss_kib: field("Rss:"),
+            pss_kib: field("Pss:"),
+        }
+    }
+}
+
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RSS {} MiB, PSS {} MiB", self.rss_kib / 1024, self.pss_kib / 1024)
+    }
 }

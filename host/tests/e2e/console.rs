@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::harness::{Host, TOKEN, root, runtime_toml, token, wasm};
+use crate::harness::{Host, TOKEN, root, runtime_toml_with, token, wasm};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn customers_and_operators_use_the_console_in_a_browser() -> anyhow::Result<()> {
@@ -68,17 +68,12 @@ async fn customers_and_operators_use_the_console_in_a_browser() -> anyhow::Resul
 /// The repository's runtime.toml plus the probe component, whose poison
 /// events give the console a dead letter to show and replay.
 fn config_with_probe(dir: &Path) -> anyhow::Result<PathBuf> {
-    let target = root().join("target");
-    let config = std::fs::read_to_string(runtime_toml())?
-        .replace("path = \"target/", &format!("path = \"{}/", target.display()))
-        + &format!(
-            "\n[components.probe]\npath = {:?}\nroutes = [\"/probe\"]\nsubscribe = [\"probe\"]\n\n\
-             [delivery]\nmax_attempts = 3\nbackoff_ms = 10\nmax_backoff_ms = 20\n",
-            wasm("probe")
-        );
-    let path = dir.join("runtime.toml");
-    std::fs::write(&path, config)?;
-    Ok(path)
+    let probe = format!(
+        "[components.probe]\npath = {:?}\nroutes = [\"/probe\"]\nsubscribe = [\"probe\"]\n\n\
+         [delivery]\nmax_attempts = 3\nbackoff_ms = 10\nmax_backoff_ms = 20\n",
+        wasm("probe")
+    );
+    runtime_toml_with(dir, &probe)
 }
 
 /// Python with Selenium: `RENTCAR_SELENIUM_PYTHON`, else where `cargo

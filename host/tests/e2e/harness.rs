@@ -71,6 +71,19 @@ pub fn runtime_toml() -> PathBuf {
     root().join("runtime.toml")
 }
 
+/// Writes `runtime.toml` into `dir` with its component paths made absolute
+/// and `extra` appended (more tables, or limits of its components).
+#[allow(dead_code, reason = "used by the end-to-end tests and the polyglot bench")]
+pub fn runtime_toml_with(dir: &Path, extra: &str) -> anyhow::Result<PathBuf> {
+    let config = std::fs::read_to_string(runtime_toml())?
+        .replace("path = \"target/", &format!("path = \"{}/target/", root().display()))
+        + "\n"
+        + extra;
+    let path = dir.join("runtime.toml");
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
 /// The release build of a component.
 pub fn wasm(name: &str) -> PathBuf {
     root().join(format!("target/wasm32-wasip2/release/{name}.wasm"))
@@ -254,6 +267,16 @@ impl Host {
     pub fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// The host process's proportional share of physical memory, in KiB
+    /// (Linux): unlike RSS, a page that several pool slots map (a memory
+    /// image's) is counted once.
+    #[allow(dead_code, reason = "used by the end-to-end tests only")]
+    pub fn pss_kib(&self) -> Option<u64> {
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.child.id())).ok()?;
+        let line = rollup.lines().find(|line| line.starts_with("Pss:"))?;
         line.split_whitespace().nth(1)?.parse().ok()
     }
 

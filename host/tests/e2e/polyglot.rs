@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -208,6 +209,78 @@ async fn loyalty_is_swapped_to_a_new_python_version_under_load_without_a_failed_
     })
     .await?;
     assert!(orders.len() > 1);
+    Ok(())
+}
+
+/// What loyalty may hold at once, from runtime.toml (`memory_budget_mib`).
+const LOYALTY_BUDGET_MIB: u64 = 320;
+
+/// Python's instances are large (13 MiB of linear memory each, against a
+/// few hundred KiB for Rust), so loyalty has fewer instances and a budget
+/// that fits them: a burst of four times `max_instances` concurrent reads
+/// waits its turn (no 503), and raises the host's physical memory (PSS) by
+/// no more than that budget, during the burst and after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_on_python_raises_the_hosts_memory_by_at_most_its_budget() -> anyhow::Result<()> {
+    let toml = std::fs::read_to_string(crate::harness::runtime_toml())?;
+    assert!(
+        toml.contains(&format!("memory_budget_mib = {LOYALTY_BUDGET_MIB}")),
+        "runtime.toml gives loyalty a budget of {LOYALTY_BUDGET_MIB} MiB"
+    );
+    let dir = tempfile::tempdir()?;
+    let host = Host::start(dir.path())?;
+    let (status, _) = host.get("/loyalty/kim").await?;
+    assert_eq!(status, 200);
+    let idle = host.pss_kib().context("PSS of the host")?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..64)
+        .map(|_| {
+            let (client, url, stop) = (
+                client_as("kim", &["customer"]),
+                format!("{}/loyalty/kim", host.base),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = client.get(&url).send().await?;
+                    answers.push(answer.status().as_u16());
+                }
+                anyhow::Ok(answers)
+            })
+        })
+        .collect();
+    let mut peak = idle;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        peak = peak.max(host.pss_kib().unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut served, mut refused) = (0, 0);
+    for worker in workers {
+        for status in worker.await?? {
+            assert!(status == 200 || status == 503, "answered {status}");
+            served += usize::from(status == 200);
+            refused += usize::from(status == 503);
+        }
+    }
+    let after = host.pss_kib().context("PSS of the host")?;
+    let bound = idle + LOYALTY_BUDGET_MIB * 1024;
+    eprintln!(
+        "PSS: {} MiB idle, {} MiB at the peak, {} MiB after; {served} reads served, {refused} refused",
+        idle / 1024,
+        peak / 1024,
+        after / 1024
+    );
+    assert_eq!(refused, 0, "{refused} reads were refused, {served} served");
+    assert!(served > 64, "only {served} reads were served");
+    assert!(
+        peak <= bound,
+        "PSS rose from {idle} to {peak} KiB, past the {bound} KiB bound"
+    );
+    assert!(after <= bound, "PSS stayed at {after} KiB, past the {bound} KiB bound");
     Ok(())
 }
 
