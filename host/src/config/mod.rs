@@ -294,6 +294,10 @@ pub struct Limits {
     /// while undelivered ones fill it, new events wait in the component's
     /// outbox.
     pub log_mib: u32,
+    /// How long a new version's `init` may hold the live database while the
+    /// running version waits, in ms: a deploy whose migration takes longer
+    /// on a copy is refused before it touches the live database.
+    pub migration_ms: u64,
 }
 
 impl Default for Limits {
@@ -308,6 +312,7 @@ impl Default for Limits {
             cpu_percent: 100,
             database_mib: 1024,
             log_mib: 256,
+            migration_ms: 2_000,
         }
     }
 }

@@ -73,6 +73,7 @@ impl Config {
                 || limits.cpu_percent == 0
                 || limits.database_mib == 0
                 || limits.log_mib == 0
+                || limits.migration_ms == 0
             {
                 return invalid(format!("limits of component `{name}` must all be greater than zero"));
             }

@@ -26,10 +26,11 @@ impl Runtime {
     /// Runs the `init` of a version about to replace the running one while
     /// the running one serves on. `init` runs first on a copy of the
     /// database, which the running version never waits for: a migration
-    /// that fails (or never ends) is refused without having touched the
-    /// live database. Then it runs on the live database, where it holds the
-    /// write turn for as long as the migration takes, bounded by twice its
-    /// time on the copy plus a second.
+    /// that fails, never ends, or takes longer than `migration_ms` is
+    /// refused without having touched the live database. Then it runs on
+    /// the live database, where it holds the write turn for as long as the
+    /// migration takes, bounded by twice its time on the copy plus a
+    /// second: the running version waits at most that long.
     async fn init_beside(&self, loaded: &Loaded) -> anyhow::Result<()> {
         let name = loaded.name();
         let dir = self.config.server.data_dir.join("deploying");
@@ -54,6 +55,16 @@ impl Runtime {
         let rehearsed = rehearsal.await;
         remove_database(&copy_path)?;
         let took = rehearsed.context("init failed on a copy of the database")?;
+        let allowed = Duration::from_millis(loaded.slot.limits.migration_ms);
+        if took > allowed {
+            anyhow::bail!(
+                "init took {} ms on a copy of the database, longer than migration_ms ({} ms) lets \
+                 the running version wait for it on the live one; raise migration_ms, or deploy \
+                 it with a restart",
+                took.as_millis(),
+                allowed.as_millis()
+            );
+        }
         let bound = (took * 2 + Duration::from_secs(1)).min(INIT_DEADLINE);
         loaded.init(bound).await.with_context(|| {
             format!(

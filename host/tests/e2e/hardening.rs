@@ -77,6 +77,15 @@ async fn the_sql_sandbox_judges_every_preparation_and_keeps_nothing_on_the_conne
     Ok(())
 }
 
+/// Deploys a re-tagged build of hostile.
+async fn deploy_hostile(host: &Host, tag: &str) -> anyhow::Result<(u16, Value)> {
+    let request = crate::harness::client()
+        .put(format!("{}/admin/components/hostile", host.base))
+        .bearer_auth(TOKEN)
+        .body(variant("hostile", tag)?);
+    host.send(request).await
+}
+
 #[tokio::test]
 async fn the_running_version_serves_while_a_slow_init_is_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -85,14 +94,29 @@ async fn the_running_version_serves_while_a_slow_init_is_refused() -> anyhow::Re
     let (status, body) = host.get("/hostile/init-plan/3000/1").await?;
     assert!(status == 200 && result(&body).starts_with("Ok"), "{body}");
 
-    let client = crate::harness::client();
-    let deploy = |tag: &str| {
-        let request = client
-            .put(format!("{}/admin/components/hostile", host.base))
-            .bearer_auth(TOKEN)
-            .body(variant("hostile", tag).expect("hostile is built"));
-        host.send(request)
-    };
+    let (deployed, slowest) = served_during(&host, deploy_hostile(&host, "slow")).await?;
+    let (status, body) = deployed?;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("failing as planned"),
+        "{body}"
+    );
+    // Never waited for the migration (3 s) on the live database.
+    assert!(slowest.as_millis() < 1000);
+
+    // A good migration still goes through, on the live database too.
+    host.get("/hostile/init-plan/0/0").await?;
+    let (status, body) = deploy_hostile(&host, "good").await?;
+    assert_eq!(status, 200, "{body}");
+    Ok(())
+}
+
+/// Runs `deploying` while the running version of hostile answers ten
+/// reads; returns its outcome and the slowest read.
+async fn served_during<T>(
+    host: &Host,
+    deploying: impl std::future::Future<Output = T>,
+) -> anyhow::Result<(T, Duration)> {
     let serving = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let mut slowest = Duration::ZERO;
@@ -105,20 +129,51 @@ async fn the_running_version_serves_while_a_slow_init_is_refused() -> anyhow::Re
         }
         anyhow::Ok(slowest)
     };
-    let (deployed, slowest) = tokio::join!(deploy("slow"), serving);
+    let (deployed, slowest) = tokio::join!(deploying, serving);
+    Ok((deployed, slowest?))
+}
+
+#[tokio::test]
+async fn a_migration_longer_than_migration_ms_is_refused_before_it_holds_the_live_database() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = start(dir.path(), "migration_ms = 1000", "")?;
+    // The next init sleeps 3 s, then succeeds: on the live database the
+    // running version would wait 3 s for it.
+    let (status, body) = host.get("/hostile/init-plan/3000/0").await?;
+    assert!(status == 200 && result(&body).starts_with("Ok"), "{body}");
+    let (deployed, slowest) = served_during(&host, deploy_hostile(&host, "slow")).await?;
     let (status, body) = deployed?;
     assert_eq!(status, 422, "{body}");
     assert!(
-        body["message"].as_str().unwrap().contains("failing as planned"),
+        body["message"].as_str().unwrap().contains("migration_ms (1000 ms)"),
         "{body}"
     );
-    // Never waited for the migration (3 s) on the live database.
-    assert!(slowest?.as_millis() < 1000);
+    assert!(
+        slowest < Duration::from_secs(1),
+        "the running version waited {slowest:?}"
+    );
+    let (_, components) = host.admin(Method::GET, "/admin/components").await?;
+    let hostile = components
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "hostile");
+    assert_eq!(
+        hostile.map(|c| c["previousVersion"].is_null()),
+        Some(true),
+        "{components}"
+    );
 
-    // A good migration still goes through, on the live database too.
-    host.get("/hostile/init-plan/0/0").await?;
-    let (status, body) = deploy("good").await?;
+    // One within the limit goes through; the running version waits for its
+    // live run only (300 ms), within its deadline.
+    host.get("/hostile/init-plan/300/0").await?;
+    let (deployed, slowest) = served_during(&host, deploy_hostile(&host, "quick")).await?;
+    let (status, body) = deployed?;
     assert_eq!(status, 200, "{body}");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "the running version waited {slowest:?}"
+    );
     Ok(())
 }
 

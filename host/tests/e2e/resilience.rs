@@ -7,7 +7,7 @@ use futures::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{Host, eventually, wasm};
+use crate::harness::{Host, eventually, runtime_toml_with, wasm};
 
 /// The hostile component beside the well-behaved probe, with tight limits.
 fn hostile_config(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
@@ -197,6 +197,43 @@ async fn injected_delay_opens_the_circuit_and_removing_it_closes_it() -> anyhow:
     .await?;
     let (_, links) = host.admin(Method::GET, "/admin/links").await?;
     assert_eq!(links[0]["circuit"], "closed", "{links}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_callee_whose_disk_is_full_is_507_and_does_not_open_the_circuit() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = runtime_toml_with(dir.path(), "[components.payment.limits]\ndatabase_mib = 1\n")?;
+    let data = dir.path().join("data");
+    let host = Host::start_with(&config, &data)?;
+    let car = host.car("Ray", 100).await?;
+    host.order(car, 1).await?;
+    drop(host);
+
+    // Something else takes the room payment's database had left.
+    let payment = rusqlite::Connection::open(data.join("payment.db"))?;
+    payment.execute_batch("CREATE TABLE filler (b BLOB); INSERT INTO filler VALUES (zeroblob(2097152));")?;
+    drop(payment);
+    let host = Host::start_with(&config, &data)?;
+
+    // Orders fill the room left in its pages, and in those its outbox frees
+    // as events are relayed, until payment cannot write: from then on each
+    // is 507, never 503 "circuit open", past the five failures in a row that
+    // open the circuit.
+    let (mut streak, mut sent) = (0, 0);
+    while streak < 8 {
+        let (status, body) = host.post("/orders", json!({ "carId": car, "qty": 1 })).await?;
+        match (status, body["error"].as_str()) {
+            (201, _) => streak = 0,
+            (507, Some("insufficient-storage")) => streak += 1,
+            _ => panic!("order answered {status}: {body}"),
+        }
+        sent += 1;
+        assert!(sent < 3000, "payment's database never filled up");
+    }
+    let (_, links) = host.admin(Method::GET, "/admin/links").await?;
+    assert_eq!(links[0]["circuit"], "closed", "{links}");
+
     Ok(())
 }
 
