@@ -184,6 +184,11 @@ pub struct Server {
     /// once, in MiB (default: the sum of the components' budgets, at most
     /// half the machine's memory).
     pub memory_budget_mib: Option<u64>,
+    /// What SQLite may allocate in the host, in MiB: page caches, and the
+    /// sorts and temporary b-trees of statements, which it keeps in memory
+    /// rather than in temporary files outside every `database_mib`. A
+    /// statement past it fails with "out of memory".
+    pub sqlite_heap_mib: u64,
 }
 
 impl Default for Server {
@@ -197,6 +202,7 @@ impl Default for Server {
             max_connections: 1024,
             drain_ms: 10_000,
             memory_budget_mib: None,
+            sqlite_heap_mib: 1024,
         }
     }
 }

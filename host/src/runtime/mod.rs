@@ -37,8 +37,8 @@ use crate::instance::invocation::Invocation;
 use crate::instance::memory::Budget;
 use crate::instance::registry::Registry;
 use crate::instance::slot::{INIT_DEADLINE, Loaded, Slot};
-use crate::store::Database;
 use crate::store::host_tables;
+use crate::store::{self, Database};
 
 pub struct Runtime {
     pub config: Arc<Config>,
@@ -94,6 +94,7 @@ impl Runtime {
         // version being deployed and a reset, beside them.
         let instances = config.components.values().map(|c| c.limits.max_instances + 2).sum();
         let engine = engine::build(max_memory, instances, &config.cache_dir())?;
+        store::limit_heap(config.server.sqlite_heap_mib * 1024 * 1024);
         let memory = host_memory_budget(&config);
         tracing::info!(
             memory_budget_mib = memory / (1024 * 1024),

@@ -73,7 +73,8 @@ impl Database {
              PRAGMA locking_mode = EXCLUSIVE;
              PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
-             PRAGMA foreign_keys = ON;",
+             PRAGMA foreign_keys = ON;
+             PRAGMA temp_store = MEMORY;",
         )
         .map_err(|err| in_use(err, path))
         .with_context(|| format!("failed to configure database {}", path.display()))?;
@@ -194,6 +195,21 @@ pub fn in_use(err: rusqlite::Error, path: &Path) -> anyhow::Error {
         )
     } else {
         err.into()
+    }
+}
+
+/// Bounds what SQLite allocates in the whole process (`[server]
+/// sqlite_heap_mib`). Every component database keeps its sorts and
+/// temporary b-trees in memory (`temp_store = MEMORY`), so that no statement
+/// writes temporary files, which no `database_mib` counts; this bounds them
+/// instead: past it, a statement fails with "out of memory".
+pub fn limit_heap(bytes: u64) {
+    let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+    // SAFETY: sets a process-wide limit; SQLite allows it at any time, from
+    // any thread.
+    #[allow(unsafe_code, reason = "rusqlite has no safe wrapper for the heap limit")]
+    unsafe {
+        rusqlite::ffi::sqlite3_hard_heap_limit64(bytes);
     }
 }
 

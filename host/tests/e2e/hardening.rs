@@ -77,6 +77,23 @@ async fn the_sql_sandbox_judges_every_preparation_and_keeps_nothing_on_the_conne
     Ok(())
 }
 
+#[tokio::test]
+async fn a_sort_beyond_sqlites_cache_stays_in_bounded_memory_instead_of_temporary_files() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = start(dir.path(), "", "[server]\nsqlite_heap_mib = 48\n")?;
+    // Two million rows to sort: SQLite would spill them to temporary files,
+    // which no `database_mib` bounds. In memory, the heap limit stops it.
+    let (status, body) = host.get("/hostile/sql/sort").await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(result(&body).contains("out of memory"), "{body}");
+    // The component and its neighbour go on.
+    let (status, body) = host.get("/hostile/sql/count").await?;
+    assert!(status == 200 && result(&body).starts_with("Ok"), "{body}");
+    let (status, _) = host.get("/probe/seen").await?;
+    assert_eq!(status, 200);
+    Ok(())
+}
+
 /// Deploys a re-tagged build of hostile.
 async fn deploy_hostile(host: &Host, tag: &str) -> anyhow::Result<(u16, Value)> {
     let request = crate::harness::client()

@@ -23,6 +23,7 @@
 //!   compiled into a statement prepared before it;
 //! - `/hostile/sql/temp`, `/hostile/sql/pragma`: a TEMP table, and the
 //!   host's data path through `pragma_database_list`;
+//! - `/hostile/sql/sort`: a sort far larger than SQLite's cache;
 //! - `/hostile/hold/{mib}/{ms}`: holds memory for a while;
 //! - `/hostile/publish/{count}`: publishes `count` events of 200 KiB;
 //! - `/hostile/init-plan/{sleep_ms}/{fail}`: makes the next `init` sleep,
@@ -230,6 +231,17 @@ fn sql(attack: &str) -> Response {
             format!("first: {first:?}, trigger: {trigger:?}, again: {again:?}")
         }
         "temp" => format!("{:?}", db::execute("CREATE TEMP TABLE hoard (b BLOB)", &[])),
+        // Two million rows through a sorter: beyond its cache, SQLite would
+        // spill them to temporary files, outside the database's bound.
+        "sort" => format!(
+            "{:?}",
+            db::query(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 2000000) \
+                 SELECT x FROM c ORDER BY randomblob(16) LIMIT 1 OFFSET 1999999",
+                &[]
+            )
+            .map(|rows| rows.len())
+        ),
         "pragma" => format!(
             "{:?}",
             db::query("SELECT file FROM pragma_database_list", &[])
