@@ -21,6 +21,7 @@
 //! instead of sharing the files. (Inspect a database with `sqlite3` while the
 //! host is stopped.)
 
+mod authorizer;
 pub mod host_tables;
 
 use std::path::{Path, PathBuf};
@@ -32,10 +33,11 @@ use anyhow::Context as _;
 /// A component database's connection; capabilities pass it to the host
 /// tables' SQL (`host_tables`) in an invocation's transaction.
 pub use rusqlite::Connection;
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::hooks::AuthContext;
 use rusqlite::limits::Limit;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use authorizer::{GUEST, HOST, authorize};
 use host_tables::MIGRATIONS;
 
 /// What every statement answers; the type store's callers name.
@@ -56,8 +58,8 @@ const PROGRESS_STEPS: i32 = 10_000;
 pub struct Database {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
-    /// Whose statement is being prepared ([`HOST`], [`GUEST`] or
-    /// [`GUEST_DDL`]), so that the authorizer applies the guest's
+    /// Whose statement is being prepared (`authorizer::HOST`, `GUEST` or
+    /// `GUEST_DDL`), so that the authorizer applies the guest's
     /// restrictions to the guest's statements and not to the host's own.
     guest: Arc<AtomicU8>,
     /// While a guest statement runs, when it is interrupted (ms since the
@@ -235,103 +237,6 @@ pub fn migrate(conn: &Connection, migrations: &[&str]) -> rusqlite::Result<()> {
         tx.commit()?;
     }
     Ok(())
-}
-
-/// Who prepares a statement (see `Database::guest`).
-const HOST: u8 = 0;
-const GUEST: u8 = 1;
-/// A guest statement that drops or renames a table or an index: SQLite then
-/// updates its own bookkeeping for it, which the guest may not otherwise.
-const GUEST_DDL: u8 = 2;
-
-fn authorize(preparing: &AtomicU8, context: &AuthContext<'_>) -> Authorization {
-    match preparing.load(Ordering::Relaxed) {
-        HOST => Authorization::Allow,
-        _ if matches!(
-            context.action,
-            AuthAction::DropTable { .. } | AuthAction::DropIndex { .. } | AuthAction::AlterTable { .. }
-        ) =>
-        {
-            preparing.store(GUEST_DDL, Ordering::Relaxed);
-            Authorization::Allow
-        }
-        // SQLite's own bookkeeping only: a trigger coded into the drop (by
-        // a foreign key's cascade, say) is still the guest's.
-        GUEST_DDL => match context.action {
-            AuthAction::Delete { table_name } | AuthAction::Update { table_name, .. }
-                if is_sqlite_table(table_name) && context.accessor.is_none() =>
-            {
-                Authorization::Allow
-            }
-            _ => authorize_guest(context),
-        },
-        _ => authorize_guest(context),
-    }
-}
-
-/// What a guest statement may not do: reach another database, change the
-/// connection's settings, take over the host's transaction, keep objects on
-/// the connection beyond its invocation, or touch the host's tables or
-/// SQLite's own bookkeeping (also from a trigger it fires).
-fn authorize_guest(context: &AuthContext<'_>) -> Authorization {
-    match context.action {
-        AuthAction::Attach { .. }
-        | AuthAction::Detach { .. }
-        | AuthAction::Pragma { .. }
-        | AuthAction::Transaction { .. }
-        | AuthAction::Savepoint { .. }
-        | AuthAction::CreateVtable { .. }
-        | AuthAction::DropVtable { .. } => Authorization::Deny,
-        // TEMP tables, indexes, triggers and views live on the connection,
-        // shared by every invocation, outside the database's size limit.
-        AuthAction::CreateTempTable { .. }
-        | AuthAction::CreateTempIndex { .. }
-        | AuthAction::CreateTempTrigger { .. }
-        | AuthAction::CreateTempView { .. } => Authorization::Deny,
-        AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => {
-            Authorization::Deny
-        }
-        AuthAction::Read { table_name, .. }
-        | AuthAction::Insert { table_name }
-        | AuthAction::Delete { table_name }
-        | AuthAction::Update { table_name, .. }
-            if is_host_table(table_name) =>
-        {
-            Authorization::Deny
-        }
-        // SQLite's own bookkeeping: `sqlite_sequence` also numbers the
-        // host's outbox, and rewinding it would lose events.
-        AuthAction::Insert { table_name }
-        | AuthAction::Delete { table_name }
-        | AuthAction::Update { table_name, .. }
-            if is_sqlite_table(table_name) =>
-        {
-            Authorization::Deny
-        }
-        AuthAction::Read { table_name, .. } if is_hidden_pragma(table_name) => Authorization::Deny,
-        _ => Authorization::Allow,
-    }
-}
-
-fn is_host_table(name: &str) -> bool {
-    name.get(..HOST_TABLE_PREFIX.len())
-        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(HOST_TABLE_PREFIX))
-}
-
-/// Pragmas read as tables (`pragma_database_list` tells the host's data
-/// path). Those with arguments also come as `Pragma`, denied above.
-fn is_hidden_pragma(name: &str) -> bool {
-    name.get(..7)
-        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("pragma_"))
-}
-
-/// `sqlite_sequence` and the planner's `sqlite_stat*`. (`sqlite_schema` is
-/// written by every `CREATE`, which the authorizer judges on its own.)
-fn is_sqlite_table(name: &str) -> bool {
-    name.eq_ignore_ascii_case("sqlite_sequence")
-        || name
-            .get(..11)
-            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("sqlite_stat"))
 }
 
 // The host's transaction control, prepared once and cached on the
