@@ -19,6 +19,7 @@ use wasmtime::component::Resource;
 use crate::bindings::Bucket;
 use crate::bindings::keyvalue::store::{Error, KeyResponse};
 use crate::bindings::keyvalue::{atomics, batch, store};
+use crate::capabilities::sql::Held;
 use crate::instance::invocation::Invocation;
 use crate::store::host_tables;
 use crate::store::{Connection, SqlResult, TransactionEnded};
@@ -33,10 +34,12 @@ const MAX_BATCH: usize = 1000;
 type Answer<T> = wasmtime::Result<Result<T, Error>>;
 
 impl Invocation {
-    /// Runs host-table SQL in the invocation's transaction. A failure that
+    /// Runs host-table SQL in the invocation's transaction; `f` reserves
+    /// what it reads for the guest from its memory budgets. A failure that
     /// ended the transaction fails the invocation, as for the guest's own
     /// statements: nothing after it may commit on its own.
-    async fn kv<R>(&mut self, f: impl FnOnce(&Connection) -> SqlResult<R>) -> Answer<R> {
+    async fn kv<R>(&mut self, f: impl FnOnce(&Connection, &mut Held<'_>) -> SqlResult<R>) -> Answer<R> {
+        self.limits.release_buffers();
         let conn = match self.txn.conn().await {
             Ok(conn) => conn,
             Err(err) => {
@@ -46,7 +49,9 @@ impl Invocation {
                 return Ok(Err(Error::Other(format!("{err:#}"))));
             }
         };
-        let result = f(conn);
+        let mut held = Held::new(&mut self.limits);
+        let result = f(conn, &mut held);
+        held.check()?;
         self.note_storage(&result);
         self.txn.check(&result)?;
         Ok(result.map_err(|err| Error::Other(err.to_string())))
@@ -97,23 +102,28 @@ impl store::Host for Invocation {
 impl store::HostBucket for Invocation {
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Answer<Option<Vec<u8>>> {
         let name = self.bucket(&bucket)?;
-        self.kv(|conn| host_tables::kv_get(conn, &name, &key)).await
+        self.kv(|conn, held| {
+            let value = host_tables::kv_get(conn, &name, &key)?;
+            held.hold(value.as_ref().map_or(0, Vec::len))?;
+            Ok(value)
+        })
+        .await
     }
 
     async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Answer<()> {
         refuse!(check_key(&key).and(check_value(&value)));
         let name = self.bucket(&bucket)?;
-        self.kv(|conn| host_tables::kv_set(conn, &name, &key, &value)).await
+        self.kv(|conn, _| host_tables::kv_set(conn, &name, &key, &value)).await
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Answer<()> {
         let name = self.bucket(&bucket)?;
-        self.kv(|conn| host_tables::kv_delete(conn, &name, &key)).await
+        self.kv(|conn, _| host_tables::kv_delete(conn, &name, &key)).await
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Answer<bool> {
         let name = self.bucket(&bucket)?;
-        self.kv(|conn| host_tables::kv_get(conn, &name, &key).map(|value| value.is_some()))
+        self.kv(|conn, _| host_tables::kv_get(conn, &name, &key).map(|value| value.is_some()))
             .await
     }
 
@@ -123,7 +133,11 @@ impl store::HostBucket for Invocation {
         let name = self.bucket(&bucket)?;
         let after = i64::try_from(cursor.unwrap_or(0)).unwrap_or(i64::MAX);
         let page = self
-            .kv(|conn| host_tables::kv_keys_after(conn, &name, after, MAX_BATCH))
+            .kv(|conn, held| {
+                let rows = host_tables::kv_keys_after(conn, &name, after, MAX_BATCH)?;
+                held.hold(rows.iter().map(|(_, key)| key.len()).sum())?;
+                Ok(rows)
+            })
             .await?;
         Ok(page.map(|rows| {
             let cursor = (rows.len() == MAX_BATCH).then(|| rows.last().map_or(0, |(id, _)| id.unsigned_abs()));
@@ -144,7 +158,7 @@ impl atomics::Host for Invocation {
     async fn increment(&mut self, bucket: Resource<Bucket>, key: String, delta: u64) -> Answer<u64> {
         refuse!(check_key(&key));
         let name = self.bucket(&bucket)?;
-        let current = match self.kv(|conn| host_tables::kv_get(conn, &name, &key)).await? {
+        let current = match self.kv(|conn, _| host_tables::kv_get(conn, &name, &key)).await? {
             Ok(value) => value,
             Err(err) => return Ok(Err(err)),
         };
@@ -163,7 +177,7 @@ impl atomics::Host for Invocation {
         };
         let text = next.to_string();
         let set = self
-            .kv(|conn| host_tables::kv_set(conn, &name, &key, text.as_bytes()))
+            .kv(|conn, _| host_tables::kv_set(conn, &name, &key, text.as_bytes()))
             .await?;
         Ok(set.map(|()| next))
     }
@@ -177,9 +191,13 @@ impl batch::Host for Invocation {
     ) -> Answer<Vec<Option<(String, Vec<u8>)>>> {
         refuse!(check_batch(keys.len()));
         let name = self.bucket(&bucket)?;
-        self.kv(|conn| {
+        self.kv(|conn, held| {
             keys.into_iter()
-                .map(|key| Ok(host_tables::kv_get(conn, &name, &key)?.map(|value| (key, value))))
+                .map(|key| {
+                    let value = host_tables::kv_get(conn, &name, &key)?;
+                    held.hold(key.len() + value.as_ref().map_or(0, Vec::len))?;
+                    Ok(value.map(|value| (key, value)))
+                })
                 .collect()
         })
         .await
@@ -191,7 +209,7 @@ impl batch::Host for Invocation {
             refuse!(check_key(key).and(check_value(value)));
         }
         let name = self.bucket(&bucket)?;
-        self.kv(|conn| {
+        self.kv(|conn, _| {
             pairs
                 .iter()
                 .try_for_each(|(key, value)| host_tables::kv_set(conn, &name, key, value))
@@ -202,7 +220,7 @@ impl batch::Host for Invocation {
     async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Answer<()> {
         refuse!(check_batch(keys.len()));
         let name = self.bucket(&bucket)?;
-        self.kv(|conn| keys.iter().try_for_each(|key| host_tables::kv_delete(conn, &name, key)))
+        self.kv(|conn, _| keys.iter().try_for_each(|key| host_tables::kv_delete(conn, &name, key)))
             .await
     }
 }

@@ -5,13 +5,14 @@ use rusqlite::types::{Value as SqlValue, ValueRef};
 
 use crate::bindings::sql::{Changes, Error, Host, Value};
 use crate::instance::invocation::Invocation;
+use crate::instance::memory::{Limiter, OverBudget};
 use crate::store::TransactionEnded;
 
 impl Host for Invocation {
     #[tracing::instrument(skip_all, fields(component = %self.component))]
     async fn execute(&mut self, statement: String, params: Vec<Value>) -> wasmtime::Result<Result<Changes, Error>> {
         let changes = self
-            .run(&statement, params, |stmt, params| {
+            .run(&statement, params, |stmt, params, _| {
                 let rows_affected = stmt.execute(rusqlite::params_from_iter(params))? as u64;
                 Ok(rows_affected)
             })
@@ -29,7 +30,7 @@ impl Host for Invocation {
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<Vec<Vec<Value>>, Error>> {
         let rows = self
-            .run(&statement, params, |stmt, params| {
+            .run(&statement, params, |stmt, params, limits| {
                 let columns = stmt.column_count();
                 let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
                 let (mut out, mut bytes) = (Vec::new(), 0);
@@ -37,13 +38,15 @@ impl Host for Invocation {
                     let row: Vec<Value> = (0..columns)
                         .map(|i| row.get_ref(i).map(to_guest))
                         .collect::<rusqlite::Result<_>>()?;
-                    bytes += row.iter().map(size).sum::<usize>();
+                    let size = row.iter().map(size).sum::<usize>();
+                    bytes += size;
                     if bytes > MAX_RESULT_BYTES {
                         return Err(rusqlite::Error::SqliteFailure(
                             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_TOOBIG),
                             Some(format!("the result is over {MAX_RESULT_BYTES} bytes")),
                         ));
                     }
+                    limits.hold(size)?;
                     out.push(row);
                 }
                 Ok(out)
@@ -71,13 +74,15 @@ impl Invocation {
     }
 
     /// Runs a guest statement in the invocation's transaction, interrupted
-    /// at the invocation's deadline. The outer error traps the guest.
+    /// at the invocation's deadline; `f` reserves what it builds for the
+    /// guest from its memory budgets. The outer error traps the guest.
     async fn run<R>(
         &mut self,
         statement: &str,
         params: Vec<Value>,
-        f: impl FnOnce(&mut rusqlite::CachedStatement<'_>, Vec<SqlValue>) -> rusqlite::Result<R>,
+        f: impl FnOnce(&mut rusqlite::CachedStatement<'_>, Vec<SqlValue>, &mut Held<'_>) -> rusqlite::Result<R>,
     ) -> wasmtime::Result<Result<(R, i64), Error>> {
+        self.limits.release_buffers();
         if let Err(err) = self.txn.conn().await {
             // The transaction cannot even begin, or SQLite ended it earlier.
             if let Some(ended) = err.downcast_ref::<TransactionEnded>() {
@@ -86,10 +91,12 @@ impl Invocation {
             return Ok(Err(Error::Other(format!("{err:#}"))));
         }
         let (db, conn) = self.txn.parts();
+        let mut held = Held::new(&mut self.limits);
         let result = db.run_guest(self.deadline, || {
             let mut stmt = db.prepare_guest(conn, statement)?;
-            f(&mut stmt, params.into_iter().map(from_guest).collect())
+            f(&mut stmt, params.into_iter().map(from_guest).collect(), &mut held)
         });
+        held.check()?;
         let result = result.map(|rows| (rows, conn.last_insert_rowid()));
         self.note_storage(&result);
         // `INSERT OR ROLLBACK`, `RAISE(ROLLBACK)`, a full disk and some I/O
@@ -98,6 +105,35 @@ impl Invocation {
         // fails here.
         self.txn.check(&result)?;
         Ok(result.map_err(to_error))
+    }
+}
+
+/// What a host call builds for the guest (rows, values), reserved from the
+/// instance's memory budgets as it is built. A refusal stops the statement
+/// with an error, then traps the invocation with [`OverBudget`]
+/// ([`Held::check`]): an HTTP caller gets 503, an event waits.
+pub(super) struct Held<'a> {
+    limits: &'a mut Limiter,
+    refused: Option<OverBudget>,
+}
+
+impl Held<'_> {
+    pub(super) fn new(limits: &mut Limiter) -> Held<'_> {
+        Held { limits, refused: None }
+    }
+
+    pub(super) fn hold(&mut self, bytes: usize) -> rusqlite::Result<()> {
+        self.limits.hold(bytes).map_err(|refused| {
+            self.refused = Some(refused);
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_NOMEM),
+                Some("the memory budget is spent".into()),
+            )
+        })
+    }
+
+    pub(super) fn check(self) -> Result<(), OverBudget> {
+        self.refused.map_or(Ok(()), Err)
     }
 }
 

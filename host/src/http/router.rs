@@ -299,6 +299,14 @@ async fn invoke(loaded: &Loaded, request: hyper::Request<Full<Bytes>>, request_i
         .ok_or_else(|| failed(anyhow::anyhow!("exports no wasi:http/incoming-handler")))?;
 
     let mut store = loaded.store();
+    // The body the host holds until the guest reads it counts in the
+    // budgets, like the guest's memory.
+    let body = usize::try_from(request.body().size_hint().lower()).unwrap_or(usize::MAX);
+    store
+        .data_mut()
+        .limits
+        .hold(body)
+        .map_err(|refused| failed(refused.into()))?;
     store.data_mut().request_id = Some(request_id.to_string());
     store.data_mut().may_commit = true;
     let name_for_metrics = name.clone();

@@ -6,6 +6,12 @@
 //! budget and the host's, and given back when the instance's store is
 //! dropped. A growth that would pass a budget traps the invocation with
 //! [`OverBudget`]: an HTTP caller gets 503 and retries, an event waits.
+//!
+//! What the host holds for an instance on its way into it (the rows of a
+//! query, the values of a key-value read) is reserved from the same
+//! budgets while it is built, and given back at the instance's next host
+//! call (by then it sits in the guest's memory, counted there) or at its
+//! end.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,8 +70,10 @@ pub struct Limiter {
     instance: usize,
     component: Arc<Budget>,
     host: Arc<Budget>,
-    /// What this store reserved from both budgets.
+    /// What this store reserved from both budgets: its linear memory...
     held: usize,
+    /// ...and what the host holds for it (see [`Limiter::hold`]).
+    buffers: usize,
 }
 
 impl Limiter {
@@ -75,7 +83,36 @@ impl Limiter {
             component,
             host,
             held: 0,
+            buffers: 0,
         }
+    }
+
+    /// Reserves `bytes` from both budgets, or says which one is spent.
+    fn reserve(&self, bytes: usize) -> Result<(), OverBudget> {
+        if !self.component.reserve(bytes) {
+            return Err(OverBudget("the component's"));
+        }
+        if !self.host.reserve(bytes) {
+            self.component.release(bytes);
+            return Err(OverBudget("the host's"));
+        }
+        Ok(())
+    }
+
+    /// Reserves `bytes` the host holds for the instance, a result on its
+    /// way into it, until [`Limiter::release_buffers`] or the end.
+    pub fn hold(&mut self, bytes: usize) -> Result<(), OverBudget> {
+        self.reserve(bytes)?;
+        self.buffers += bytes;
+        Ok(())
+    }
+
+    /// Gives back what [`Limiter::hold`] reserved: at the instance's next
+    /// host call, the last one's result is in the guest's memory.
+    pub fn release_buffers(&mut self) {
+        self.component.release(self.buffers);
+        self.host.release(self.buffers);
+        self.buffers = 0;
     }
 }
 
@@ -86,13 +123,7 @@ impl ResourceLimiter for Limiter {
             return Ok(false);
         }
         let more = desired.saturating_sub(current);
-        if !self.component.reserve(more) {
-            return Err(OverBudget("the component's").into());
-        }
-        if !self.host.reserve(more) {
-            self.component.release(more);
-            return Err(OverBudget("the host's").into());
-        }
+        self.reserve(more)?;
         self.held += more;
         Ok(true)
     }
@@ -104,6 +135,7 @@ impl ResourceLimiter for Limiter {
 
 impl Drop for Limiter {
     fn drop(&mut self) {
+        self.release_buffers();
         self.component.release(self.held);
         self.host.release(self.held);
     }
@@ -132,5 +164,20 @@ mod tests {
         drop(second);
         assert_eq!((component.held(), host.held()), (0, 0));
         assert!(other.memory_growing(0, 60, None).unwrap());
+    }
+
+    #[test]
+    fn what_the_host_holds_for_an_instance_is_reserved_until_its_next_call() {
+        let (component, host) = (Arc::new(Budget::new(100)), Arc::new(Budget::new(1000)));
+        let mut limiter = Limiter::new(80, component.clone(), host.clone());
+        assert!(limiter.memory_growing(0, 50, None).unwrap());
+        limiter.hold(30).unwrap();
+        assert!(limiter.hold(30).is_err(), "50 + 30 + 30 is over 100");
+        assert_eq!((component.held(), host.held()), (80, 80));
+        limiter.release_buffers();
+        assert_eq!((component.held(), host.held()), (50, 50));
+        limiter.hold(50).unwrap();
+        drop(limiter);
+        assert_eq!((component.held(), host.held()), (0, 0));
     }
 }

@@ -657,6 +657,25 @@ async fn memory_is_budgeted_per_component_and_for_the_whole_host() -> anyhow::Re
 }
 
 #[tokio::test]
+async fn what_the_host_builds_for_a_guest_counts_in_its_memory_budget() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = start(dir.path(), "memory_mib = 16\nmemory_budget_mib = 32", "")?;
+    // 4 MiB of rows reach the guest.
+    let (status, body) = host.get("/hostile/sql/result/4").await?;
+    assert_eq!((status, result(&body)), (200, "Ok(64)".to_string()), "{body}");
+    // 40 MiB of rows would not fit the guest's 16 MiB, nor the budget: the
+    // host stops building them at the budget (503, retry) instead of
+    // holding all 40 MiB first.
+    let (status, body) = host.get("/hostile/sql/result/40").await?;
+    assert_eq!((status, body["error"].as_str()), (503, Some("busy")), "{body}");
+    assert!(host.log().contains("memory budget is spent"), "{}", host.log());
+    // Given back: the next one is served.
+    let (status, body) = host.get("/hostile/sql/result/4").await?;
+    assert_eq!(status, 200, "{body}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn traps_and_missed_deadlines_are_counted_and_every_answer_has_a_request_id() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let host = start(dir.path(), "timeout_ms = 300", "")?;

@@ -24,6 +24,7 @@
 //! - `/hostile/sql/temp`, `/hostile/sql/pragma`: a TEMP table, and the
 //!   host's data path through `pragma_database_list`;
 //! - `/hostile/sql/sort`: a sort far larger than SQLite's cache;
+//! - `/hostile/sql/result/{mib}`: a query whose result is `mib` MiB;
 //! - `/hostile/hold/{mib}/{ms}`: holds memory for a while;
 //! - `/hostile/publish/{count}`: publishes `count` events of 200 KiB;
 //! - `/hostile/init-plan/{sleep_ms}/{fail}`: makes the next `init` sleep,
@@ -121,6 +122,17 @@ fn route(request: Request) -> Response {
                     .err()
             });
             Response::json(200, &serde_json::json!({ "result": format!("{filled:?}") }))
+        }
+        ["hostile", "sql", "result", mib] => {
+            // A query whose rows the host builds before the guest gets them.
+            let rows = db::query(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT ?) SELECT zeroblob(65536) FROM c",
+                &[(number(mib) * 16).into()],
+            );
+            Response::json(
+                200,
+                &serde_json::json!({ "result": format!("{:?}", rows.map(|rows| rows.len())) }),
+            )
         }
         ["hostile", "sql", attack] => sql(attack),
         ["hostile", "init-plan", sleep_ms, fail] => {
