@@ -175,6 +175,10 @@ pub struct Server {
     /// A connection must send a request's headers within this, new or kept
     /// alive, and a write to it must progress within it; else it is closed.
     pub header_timeout_ms: u64,
+    /// A connection on which the client sends nothing for this long while
+    /// the host waits for it (after connecting, and after each answer: kept
+    /// alive) is closed. It takes effect below `header_timeout_ms`.
+    pub idle_timeout_ms: u64,
     /// Connections open at once (fewer if the file limit is lower); beyond,
     /// new ones wait in the kernel's backlog.
     pub max_connections: usize,
@@ -199,6 +203,7 @@ impl Default for Server {
             data_dir: PathBuf::from("data"),
             cache_dir: None,
             header_timeout_ms: 10_000,
+            idle_timeout_ms: 5_000,
             max_connections: 1024,
             drain_ms: 10_000,
             memory_budget_mib: None,

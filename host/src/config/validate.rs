@@ -116,8 +116,15 @@ impl Config {
             }
         }
         let server = &self.server;
-        if server.header_timeout_ms == 0 || server.max_connections == 0 || server.sqlite_heap_mib == 0 {
-            return invalid("[server] needs header_timeout_ms, max_connections and sqlite_heap_mib above zero".into());
+        if server.header_timeout_ms == 0
+            || server.idle_timeout_ms == 0
+            || server.max_connections == 0
+            || server.sqlite_heap_mib == 0
+        {
+            return invalid(
+                "[server] needs header_timeout_ms, idle_timeout_ms, max_connections and sqlite_heap_mib above zero"
+                    .into(),
+            );
         }
         self.auth.check().map_err(ConfigError::Invalid)?;
         for limit in &self.rate_limits {

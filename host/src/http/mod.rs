@@ -5,6 +5,7 @@ pub mod admin;
 pub mod console;
 pub mod error;
 pub mod gateway;
+mod idle;
 pub mod metrics;
 pub mod router;
 pub mod server;

@@ -1,10 +1,13 @@
 //! The listener: accepts connections and serves each with HTTP/1.1 within
 //! bounds that neither a careless nor a hostile client can stretch.
 //!
-//! - A connection must send a request's headers within `header_timeout`,
-//!   whether it is new or kept alive after an answer: idle and slowloris
-//!   connections are closed (bodies are bounded by the router, within the
-//!   invocation's deadline).
+//! - A connection that sends nothing for `idle_timeout` while the host
+//!   waits for it, new or kept alive after an answer, is closed
+//!   (`idle.rs`).
+//! - A connection must send a request's headers within `header_timeout`
+//!   of the host starting to wait for them: slowloris connections, which
+//!   drip bytes, are closed too (bodies are bounded by the router, within
+//!   the invocation's deadline).
 //! - A write that makes no progress for `header_timeout` (a client that
 //!   does not read its answer) closes the connection too.
 //! - At most `max_connections` are open at once, fewer if the process may
@@ -30,6 +33,7 @@ use axum::Extension;
 use tower::Layer as _;
 
 use super::gateway::ClientAddr;
+use super::idle::IdleTimeout;
 use super::metrics::Throttle;
 use crate::config::Server;
 
@@ -48,10 +52,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let header_timeout = Duration::from_millis(config.header_timeout_ms);
+    let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
     let max_connections = connection_cap(config.max_connections);
     tracing::info!(
         max_connections,
         header_timeout_ms = config.header_timeout_ms,
+        idle_timeout_ms = config.idle_timeout_ms,
         "accepting connections"
     );
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -92,7 +98,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(header_timeout));
-        let io = TokioIo::new(Box::pin(stream));
+        let io = TokioIo::new(IdleTimeout::new(Box::pin(stream), idle_timeout));
         let app = Extension(ClientAddr(peer)).layer(app.clone());
         let connection = builder.serve_connection(io, TowerToHyperService::new(app));
         let connection = graceful.watch(connection);

@@ -522,6 +522,54 @@ async fn idle_and_slow_connections_are_closed_and_their_number_is_bounded() -> a
 }
 
 #[tokio::test]
+async fn idle_connections_close_sooner_than_slow_headers_and_a_long_request_is_not_idle() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let host = start(
+        dir.path(),
+        "",
+        "[server]\nheader_timeout_ms = 4000\nidle_timeout_ms = 500\n",
+    )?;
+    let address = host.base.trim_start_matches("http://").to_string();
+    let connect = || std::net::TcpStream::connect(&address);
+
+    // A request that takes three times the idle timeout is served: the
+    // host, not the client, is the one working.
+    let mut long = connect()?;
+    let token = crate::harness::token("kim", &["customer"]);
+    long.write_all(
+        format!("GET /hostile/hold/1/1500 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes(),
+    )?;
+    let mut answer = [0u8; 12];
+    long.read_exact(&mut answer)?;
+    assert_eq!(&answer, b"HTTP/1.1 200");
+
+    // Silent after connecting, or kept alive after that answer: closed
+    // after the idle timeout, well before the header timeout.
+    let silent = connect()?;
+    for stream in [silent, long] {
+        let closed = closed_within(stream, Duration::from_secs(3))?;
+        assert!(closed < Duration::from_millis(2500), "closed after {closed:?}");
+    }
+
+    // A client dripping its headers is not idle: the header timeout
+    // closes it.
+    let slow = connect()?;
+    let mut drip = slow.try_clone()?;
+    std::thread::spawn(move || {
+        let _ = drip.write_all(b"GET /healthz HTTP/1.1\r\n");
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(100));
+            if drip.write_all(b"X").is_err() {
+                return;
+            }
+        }
+    });
+    let closed = closed_within(slow, Duration::from_secs(8))?;
+    assert!(closed > Duration::from_millis(3000), "closed after {closed:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn sigterm_does_not_wait_for_idle_or_stalled_clients() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut host = start(dir.path(), "", "[server]\nheader_timeout_ms = 60000\ndrain_ms = 1000\n")?;
