@@ -177,11 +177,14 @@ function claimsOf(token) {
  * Signs in with `token`: the host itself says what it may do. A token that
  * lists the caller's orders opens the customer view; one the admin API
  * takes (a JWT with the admin role, or the operator's static token) opens
- * the operator view.
+ * the operator view. Only a refusal (401, 403, or 404 for an API that is
+ * not there) closes a view: one whose component is stopped (503) opens,
+ * and shows what fails in its panels.
  */
 async function signIn(token) {
   state.token = token;
-  const probe = (path) => api('GET', path).then(() => null, (err) => err);
+  const refused = (err) => err instanceof ApiError && [401, 403, 404].includes(err.status);
+  const probe = (path) => api('GET', path).then(() => null, (err) => (refused(err) ? err : null));
   const [asCustomer, asOperator] = await Promise.all([probe('/orders?limit=1'), probe('/admin/components')]);
   state.views = [];
   if (!asCustomer) state.views.push('customer');

@@ -271,6 +271,14 @@ def operator(page, scratch):
     page.wait("the operator view", lambda: page.visible("#operator-view"))
     assert not page.visible("#tab-customer")
     assert page.text("#who") == "operator (static token)", page.text("#who")
+    page.sign_out()
+
+    # With order stopped, a customer still gets the customer view (its
+    # panels say what fails): only a refused token closes a view.
+    post(os.environ["ADMIN_TOKEN"], "/admin/components/order/stop", {})
+    page.sign_in(CUSTOMER)
+    page.wait("the customer view while order is stopped", lambda: page.visible("#customer-view"))
+    post(os.environ["ADMIN_TOKEN"], "/admin/components/order/start", {})
 
 
 def main():
