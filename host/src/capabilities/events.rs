@@ -9,7 +9,6 @@
 use crate::bindings::events::Host;
 use crate::clock::now_ms;
 use crate::instance::invocation::Invocation;
-use crate::store::TransactionEnded;
 use crate::store::host_tables::{self, OutboxEvent};
 
 /// Version of the event envelope; carried by every event.
@@ -37,15 +36,10 @@ impl Host for Invocation {
         if serde_json::from_str::<serde::de::IgnoredAny>(&payload).is_err() {
             return Ok(Err("payload must be a JSON document".into()));
         }
-        let conn = match self.txn.conn().await {
-            Ok(conn) => conn,
-            Err(err) => {
-                if let Some(ended) = err.downcast_ref::<TransactionEnded>() {
-                    return Err(ended.clone().into());
-                }
-                return Ok(Err(format!("{err:#}")));
-            }
-        };
+        if let Err(reason) = self.begin_call().await? {
+            return Ok(Err(reason));
+        }
+        let (_, conn) = self.txn.parts();
         let event_id = uuid::Uuid::now_v7().to_string();
         let event = OutboxEvent {
             event_id: &event_id,
@@ -60,10 +54,9 @@ impl Host for Invocation {
             request_id: self.request_id.as_deref(),
         };
         let inserted = host_tables::publish(conn, &event);
-        self.note_storage(&inserted);
         // Like a statement of the guest's own, an insert that made SQLite
         // end the transaction fails the invocation.
-        self.txn.check(&inserted)?;
+        self.settle(&inserted)?;
         Ok(match inserted {
             Ok(_) => {
                 self.txn.published += 1;

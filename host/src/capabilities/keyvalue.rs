@@ -22,7 +22,7 @@ use crate::bindings::keyvalue::{atomics, batch, store};
 use crate::capabilities::sql::Held;
 use crate::instance::invocation::Invocation;
 use crate::store::host_tables;
-use crate::store::{Connection, SqlResult, TransactionEnded};
+use crate::store::{Connection, SqlResult};
 
 /// Longest bucket name or key, in bytes.
 const MAX_KEY: usize = 1024;
@@ -39,21 +39,14 @@ impl Invocation {
     /// ended the transaction fails the invocation, as for the guest's own
     /// statements: nothing after it may commit on its own.
     async fn kv<R>(&mut self, f: impl FnOnce(&Connection, &mut Held<'_>) -> SqlResult<R>) -> Answer<R> {
-        self.limits.release_buffers();
-        let conn = match self.txn.conn().await {
-            Ok(conn) => conn,
-            Err(err) => {
-                if let Some(ended) = err.downcast_ref::<TransactionEnded>() {
-                    return Err(ended.clone().into());
-                }
-                return Ok(Err(Error::Other(format!("{err:#}"))));
-            }
-        };
+        if let Err(reason) = self.begin_call().await? {
+            return Ok(Err(Error::Other(reason)));
+        }
+        let (_, conn) = self.txn.parts();
         let mut held = Held::new(&mut self.limits);
         let result = f(conn, &mut held);
         held.check()?;
-        self.note_storage(&result);
-        self.txn.check(&result)?;
+        self.settle(&result)?;
         Ok(result.map_err(|err| Error::Other(err.to_string())))
     }
 

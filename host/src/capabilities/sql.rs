@@ -6,7 +6,6 @@ use rusqlite::types::{Value as SqlValue, ValueRef};
 use crate::bindings::sql::{Changes, Error, Host, Value};
 use crate::instance::invocation::Invocation;
 use crate::instance::memory::{Limiter, OverBudget};
-use crate::store::TransactionEnded;
 
 impl Host for Invocation {
     #[tracing::instrument(skip_all, fields(component = %self.component))]
@@ -82,13 +81,8 @@ impl Invocation {
         params: Vec<Value>,
         f: impl FnOnce(&mut rusqlite::CachedStatement<'_>, Vec<SqlValue>, &mut Held<'_>) -> rusqlite::Result<R>,
     ) -> wasmtime::Result<Result<(R, i64), Error>> {
-        self.limits.release_buffers();
-        if let Err(err) = self.txn.conn().await {
-            // The transaction cannot even begin, or SQLite ended it earlier.
-            if let Some(ended) = err.downcast_ref::<TransactionEnded>() {
-                return Err(ended.clone().into());
-            }
-            return Ok(Err(Error::Other(format!("{err:#}"))));
+        if let Err(reason) = self.begin_call().await? {
+            return Ok(Err(Error::Other(reason)));
         }
         let (db, conn) = self.txn.parts();
         let mut held = Held::new(&mut self.limits);
@@ -98,12 +92,9 @@ impl Invocation {
         });
         held.check()?;
         let result = result.map(|rows| (rows, conn.last_insert_rowid()));
-        self.note_storage(&result);
         // `INSERT OR ROLLBACK`, `RAISE(ROLLBACK)`, a full disk and some I/O
-        // errors end the transaction itself: what the invocation did is
-        // gone, and what it would do next must not commit on its own. It
-        // fails here.
-        self.txn.check(&result)?;
+        // errors end the transaction itself: the invocation fails here.
+        self.settle(&result)?;
         Ok(result.map_err(to_error))
     }
 }
