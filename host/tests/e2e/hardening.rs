@@ -454,6 +454,22 @@ async fn concurrent_scrapes_of_metrics_all_answer() -> anyhow::Result<()> {
 
 /// Reads until the host closes the connection (whatever it answered
 /// first), within `within`; `Err` if it stays open.
+/// Starts a request on `stream`, then sends its headers a byte every 50 ms
+/// for 10 s (a slowloris), on a thread of its own.
+fn drip_headers(stream: &std::net::TcpStream) -> anyhow::Result<()> {
+    let mut drip = stream.try_clone()?;
+    std::thread::spawn(move || {
+        let _ = drip.write_all(b"GET /healthz HTTP/1.1\r\n");
+        for _ in 0..200 {
+            std::thread::sleep(Duration::from_millis(50));
+            if drip.write_all(b"X").is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
 fn closed_within(mut stream: std::net::TcpStream, within: Duration) -> anyhow::Result<Duration> {
     let started = Instant::now();
     stream.set_read_timeout(Some(within))?;
@@ -490,16 +506,7 @@ async fn idle_and_slow_connections_are_closed_and_their_number_is_bounded() -> a
     kept.read_exact(&mut answer)?;
     assert_eq!(&answer, b"HTTP/1.1 200");
     let slow = connect()?;
-    let mut drip = slow.try_clone()?;
-    std::thread::spawn(move || {
-        let _ = drip.write_all(b"GET /healthz HTTP/1.1\r\n");
-        for _ in 0..200 {
-            std::thread::sleep(Duration::from_millis(50));
-            if drip.write_all(b"X").is_err() {
-                return;
-            }
-        }
-    });
+    drip_headers(&slow)?;
     let rest = (0..5).map(|_| connect()).collect::<Result<Vec<_>, _>>()?;
 
     // A ninth client waits in the backlog until the host closes the idle
@@ -554,16 +561,7 @@ async fn idle_connections_close_sooner_than_slow_headers_and_a_long_request_is_n
     // A client dripping its headers is not idle: the header timeout
     // closes it.
     let slow = connect()?;
-    let mut drip = slow.try_clone()?;
-    std::thread::spawn(move || {
-        let _ = drip.write_all(b"GET /healthz HTTP/1.1\r\n");
-        for _ in 0..100 {
-            std::thread::sleep(Duration::from_millis(100));
-            if drip.write_all(b"X").is_err() {
-                return;
-            }
-        }
-    });
+    drip_headers(&slow)?;
     let closed = closed_within(slow, Duration::from_secs(8))?;
     assert!(closed > Duration::from_millis(3000), "closed after {closed:?}");
     Ok(())
