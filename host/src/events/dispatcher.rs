@@ -76,7 +76,7 @@ impl Dispatcher {
             changes.borrow_and_update();
             let stopped = self.registry.get(&self.consumer).is_none();
             let batch_done = {
-                let _turn = slot.delivery.lock().await;
+                let _turn = slot.delivery.read().await;
                 // Compared by value: waiting on `changed` below marks it seen.
                 let generation = *resets.borrow_and_update();
                 if generation != reset_seen {
@@ -121,7 +121,7 @@ impl Dispatcher {
                     _ = tokio::time::sleep(self.bus.idle_read().unwrap_or(self.settings.backoff().1)), if !stopped => {}
                     _ = tokio::time::sleep(SAVE_EVERY), if unsaved => {}
                     _ = self.token.cancelled() => {
-                        let _turn = slot.delivery.lock().await;
+                        let _turn = slot.delivery.read().await;
                         if *resets.borrow() == reset_seen {
                             self.save(&mut cursor).await;
                         }

@@ -48,9 +48,11 @@ pub struct Slot {
     pub limits: Limits,
     /// Woken after every commit that published events.
     pub relay: Notify,
-    /// Held by a dispatcher while it delivers a batch to this component,
-    /// and by a reset, so that a reset never races a position update.
-    pub delivery: tokio::sync::Mutex<()>,
+    /// Shared by the component's dispatchers while each delivers a batch,
+    /// and held alone by a reset, so that a reset never races a position
+    /// update. Shared, so that one topic's event waiting out its retries
+    /// holds up no other topic's.
+    pub delivery: tokio::sync::RwLock<()>,
     /// Bumped by a reset: dispatchers then reload their positions.
     pub resets: watch::Sender<u64>,
     /// One permit per instance allowed to run at once (`max_instances`).
@@ -75,7 +77,7 @@ impl Slot {
             config: Arc::new(config),
             limits,
             relay: Notify::new(),
-            delivery: tokio::sync::Mutex::new(()),
+            delivery: tokio::sync::RwLock::new(()),
             resets: watch::Sender::new(0),
             instances: Semaphore::new(limits.max_instances as usize),
             memory: Arc::new(Budget::new(limits.memory_budget_bytes())),

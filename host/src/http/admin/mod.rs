@@ -178,7 +178,7 @@ async fn reset(State(runtime): State<Arc<Runtime>>, Path(name): Path<String>) ->
         });
     }
     // Dispatchers of this component pause at a batch boundary meanwhile.
-    let _turn = loaded.slot.delivery.lock().await;
+    let _turn = loaded.slot.delivery.write().await;
     match loaded.reset().await {
         Ok(Ok(())) => {}
         Ok(Err(refusal)) => {
