@@ -288,7 +288,7 @@ function renderOrders(orders) {
   fill('orders', JSON.stringify(orders), rows, 'No orders yet.');
 }
 
-const PAYMENT_TONES = { APPROVED: 'good', CANCELLED: '', REFUNDED: 'warn' };
+const PAYMENT_TONES = { AUTHORIZED: '', APPROVED: 'good', CANCELLED: '', REFUNDED: 'warn' };
 
 function renderPayments(payments) {
   const rows = payments.slice().reverse().map((payment) =>
@@ -430,7 +430,7 @@ function renderFaults(faults) {
   const rows = Object.entries(faults).map(([name, fault]) =>
     el('tr', { data: { name } },
       el('td', {}, name), number(`${fault.delayMs} ms`), number(`${fault.jitterMs} ms`),
-      number(`${fault.abortPercent} %`),
+      number(`${fault.abortPercent} %`), number(`${fault.replyDelayMs} ms`),
       el('td', {}, actionButton('Remove', 'remove-fault', { name }, { secondary: true }))));
   fill('faults', JSON.stringify(faults), rows, 'No faults injected.');
 }
@@ -461,10 +461,11 @@ async function addFault(event) {
     delayMs: Number($('fault-delay').value),
     jitterMs: Number($('fault-jitter').value),
     abortPercent: Number($('fault-abort').value),
+    replyDelayMs: Number($('fault-reply').value),
   };
   try {
     await api('PUT', `/admin/faults/${encodeURIComponent(name)}`, { json: fault });
-    notify(`Fault injected into ${name}: ${fault.delayMs} ms delay, ${fault.jitterMs} ms jitter, ${fault.abortPercent} % aborted.`);
+    notify(`Fault injected into ${name}: ${fault.delayMs} ms delay, ${fault.jitterMs} ms jitter, ${fault.abortPercent} % aborted, ${fault.replyDelayMs} ms reply delay.`);
   } catch (err) {
     failed(`The fault was not injected into ${name}`, err);
   }

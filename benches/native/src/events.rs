@@ -2,14 +2,15 @@
 //! in-process with the same statements, so that the host running its
 //! subscribers has a native ceiling doing the same work.
 //!
-//! After an order commits, payment's outbox rows are relayed into the log
-//! (`bus.db`, the host's schema). Each subscription of `runtime.toml` reads
-//! its topic from the log after its position, keeps the event types it
-//! wants, and applies them in runs of up to [`RUN`] events per transaction,
-//! each event in a savepoint with its inbox row: rentcar reserves the car
-//! and publishes `CarReserved` (relayed in turn), order checks the approval
-//! and records the reservation, the view updates, payment skips what it
-//! does not refund. Batches start at most every [`LINGER`] under load (the
+//! After an order commits, payment's and order's outbox rows are relayed
+//! into the log (`bus.db`, the host's schema). Each subscription of
+//! `runtime.toml` reads its topic from the log after its position, keeps the
+//! event types it wants, and applies them in runs of up to [`RUN`] events
+//! per transaction, each event in a savepoint with its inbox row: order
+//! checks the authorization, payment approves on `OrderPlaced` and publishes
+//! `PaymentApproved` (relayed in turn), rentcar reserves the car and
+//! publishes `CarReserved` (relayed in turn), order records the reservation,
+//! the view updates, payment skips what it does not refund. Batches start at most every [`LINGER`] under load (the
 //! host's default `linger_ms`); relayed rows are deleted and positions
 //! saved every [`SAVE_EVERY`], like the host. What the host does on top:
 //! a fresh WebAssembly instance per run, and one task per subscription
@@ -225,7 +226,7 @@ impl Subscription {
 /// exits the process if a step fails (its events would be lost).
 pub async fn run(dbs: Arc<Dbs>) {
     let Some(events) = &dbs.events else { return };
-    let (mut payments, mut reservations) = (Relay::default(), Relay::default());
+    let (mut payments, mut orders, mut reservations) = (Relay::default(), Relay::default(), Relay::default());
     let subscription = |consumer, topic, wants| Subscription {
         consumer,
         topic,
@@ -233,7 +234,8 @@ pub async fn run(dbs: Arc<Dbs>) {
         position: 0,
     };
     let mut rentcar = subscription("rentcar", "payment", &[("PaymentApproved", reserve as Apply)]);
-    let mut order_payments = subscription("order", "payment", &[("PaymentApproved", check_order as Apply)]);
+    let mut order_payments = subscription("order", "payment", &[("PaymentAuthorized", check_order as Apply)]);
+    let mut payment_orders = subscription("payment", "order", &[("OrderPlaced", approve_placed as Apply)]);
     let mut order_reservations = subscription("order", "rentcar", &[("CarReserved", record_reservation as Apply)]);
     let mut view = subscription("view", "rentcar", &[("CarReserved", update_view as Apply)]);
     // Payment refunds rejected reservations: it reads rentcar's events and
@@ -251,8 +253,11 @@ pub async fn run(dbs: Arc<Dbs>) {
         last = Some(Instant::now());
         let step = async {
             payments.drain("payment", &dbs.payment, &events.bus).await?;
-            rentcar.deliver(&events.bus, &events.fleet).await?;
             order_payments.deliver(&events.bus, &dbs.order).await?;
+            orders.drain("order", &dbs.order, &events.bus).await?;
+            payment_orders.deliver(&events.bus, &dbs.payment).await?;
+            payments.drain("payment", &dbs.payment, &events.bus).await?;
+            rentcar.deliver(&events.bus, &events.fleet).await?;
             reservations.drain("rentcar", &events.fleet, &events.bus).await?;
             order_reservations.deliver(&events.bus, &dbs.order).await?;
             let applied = view.deliver(&events.bus, &dbs.view).await?;
@@ -263,7 +268,14 @@ pub async fn run(dbs: Arc<Dbs>) {
                 conn.execute_batch("BEGIN")?;
                 let mut save = conn
                     .prepare_cached("INSERT OR REPLACE INTO positions (consumer, topic, position) VALUES (?, ?, ?)")?;
-                for s in [&rentcar, &order_payments, &order_reservations, &view, &payment] {
+                for s in [
+                    &rentcar,
+                    &order_payments,
+                    &payment_orders,
+                    &order_reservations,
+                    &view,
+                    &payment,
+                ] {
                     save.execute(params![s.consumer, s.topic, s.position])?;
                 }
                 conn.execute_batch("COMMIT")?;
@@ -363,13 +375,58 @@ fn reserve(conn: &Connection, payload: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Order on `PaymentApproved`: is the order there (else the payment would
+/// Order on `PaymentAuthorized`: is the order there (else the payment would
 /// be abandoned)?
 fn check_order(conn: &Connection, payload: &str) -> anyhow::Result<()> {
     let payment: Approved = serde_json::from_str(payload)?;
     conn.prepare_cached("SELECT 1 FROM orders WHERE id = ? AND payment_id = ?")?
         .query_row(params![payment.order_id, payment.id], |_| Ok(()))
         .optional()?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Placed {
+    payment_id: i64,
+}
+
+/// Payment on `OrderPlaced`: approves the authorized payment and publishes
+/// `PaymentApproved`.
+fn approve_placed(conn: &Connection, payload: &str) -> anyhow::Result<()> {
+    let placed: Placed = serde_json::from_str(payload)?;
+    let payment = conn
+        .prepare_cached("SELECT id, order_id, car_id, qty, customer, status FROM payments WHERE id = ?")?
+        .query_row([placed.payment_id], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, String>(5)?,
+            ))
+        })
+        .optional()?;
+    let Some((id, order_id, car_id, qty, customer, status)) = payment else {
+        return Ok(());
+    };
+    if status != "AUTHORIZED" {
+        return Ok(());
+    }
+    conn.prepare_cached("UPDATE payments SET status = ? WHERE id = ?")?
+        .execute(params!["APPROVED", id])?;
+    let payload = json!({ "id": id, "orderId": order_id, "carId": car_id, "qty": qty,
+                          "customer": customer, "status": "APPROVED" });
+    conn.prepare_cached(
+        "INSERT INTO _rc_outbox (event_id, topic, key, type, time, schema_version, payload)
+         VALUES (?, 'payment', ?, 'PaymentApproved', 0, 1, ?)",
+    )?
+    .execute(params![
+        format!("approved-{id}"),
+        order_id.to_string(),
+        payload.to_string()
+    ])?;
     Ok(())
 }
 

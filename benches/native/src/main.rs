@@ -65,8 +65,9 @@ async fn main() -> anyhow::Result<()> {
                     customer TEXT NOT NULL, status TEXT NOT NULL, payment_id INTEGER NOT NULL, idempotency_key TEXT);
                  CREATE UNIQUE INDEX IF NOT EXISTS orders_by_idempotency_key ON orders (idempotency_key)
                     WHERE idempotency_key IS NOT NULL;
-                 {}",
-                events::INBOX
+                 {} {}",
+                events::INBOX,
+                events::OUTBOX
             ),
         )?),
         payment: Mutex::new(open(
@@ -75,7 +76,8 @@ async fn main() -> anyhow::Result<()> {
                 "CREATE TABLE IF NOT EXISTS payments (id INTEGER PRIMARY KEY AUTOINCREMENT, order_id INTEGER NOT NULL,
                     car_id INTEGER NOT NULL, qty INTEGER NOT NULL, customer TEXT NOT NULL, status TEXT NOT NULL);
                  CREATE INDEX IF NOT EXISTS payments_by_order ON payments (order_id);
-                 {}",
+                 {} {}",
+                events::INBOX,
                 events::OUTBOX
             ),
         )?),
@@ -219,18 +221,18 @@ async fn place(dbs: Arc<Dbs>, new: NewOrder) -> Response {
             payment
                 .prepare_cached(
                     "INSERT INTO payments (id, order_id, car_id, qty, customer, status)
-                     SELECT next, next, ?, ?, ?, 'APPROVED'
+                     SELECT next, next, ?, ?, ?, 'AUTHORIZED'
                      FROM (SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'payments'), 0) + 1 AS next)",
                 )?
                 .execute(params![new.car_id, new.qty, new.customer])?;
             let id = payment.last_insert_rowid();
             let payload = json!({ "id": id, "orderId": id, "carId": new.car_id, "qty": new.qty,
-                                  "customer": new.customer, "status": "APPROVED" })
+                                  "customer": new.customer, "status": "AUTHORIZED" })
             .to_string();
             payment
                 .prepare_cached(
                     "INSERT INTO _rc_outbox (event_id, topic, key, type, time, schema_version, payload)
-                     VALUES (?, 'payment', ?, 'PaymentApproved', 0, 1, ?)",
+                     VALUES (?, 'payment', ?, 'PaymentAuthorized', 0, 1, ?)",
                 )?
                 .execute(params![format!("evt-{id}"), id.to_string(), payload])?;
             payment.execute_batch("COMMIT")?;
@@ -252,6 +254,16 @@ async fn place(dbs: Arc<Dbs>, new: NewOrder) -> Response {
                  VALUES (?, ?, ?, ?, 'PAID', ?, NULL)",
             )?
             .execute(params![payment_id, new.car_id, new.qty, new.customer, payment_id])?;
+        order
+            .prepare_cached(
+                "INSERT INTO _rc_outbox (event_id, topic, key, type, time, schema_version, payload)
+                 VALUES (?, 'order', ?, 'OrderPlaced', 0, 1, ?)",
+            )?
+            .execute(params![
+                format!("placed-{payment_id}"),
+                payment_id.to_string(),
+                json!({ "orderId": payment_id, "paymentId": payment_id }).to_string()
+            ])?;
         order.execute_batch("COMMIT")
     })();
     if placed.is_ok()

@@ -5,7 +5,9 @@
 //! reached the answer is 503 `payment-unavailable` (retry shortly), if it
 //! fails on its own 502 `payment-failed` (nothing was charged), and either
 //! way nothing is recorded, so an order without a completed payment never
-//! exists. Rentcar's events then move the
+//! exists. The order commits with `OrderPlaced`, on which payment approves
+//! the payment it authorized, and rentcar reserves on that: only an order
+//! that exists ever holds a car. Rentcar's events then move the
 //! order to `RESERVED` or `REJECTED`. `POST /orders/{id}/cancel` cancels the
 //! payment synchronously; rentcar releases the cars on `PaymentCancelled`.
 //!
@@ -26,13 +28,14 @@
 //! than order's deadline, beyond which the host lets no invocation run),
 //! and the next request with the key takes it over.
 //!
-//! Orphan payments. A payment can still be approved with no order to show
+//! Orphan payments. A payment can still be authorized with no order to show
 //! for it: the host died between payment's commit and order's, or the
-//! request outlived the wait below. Order hears every `PaymentApproved`;
-//! when its order is missing and the approval is older than
+//! request outlived the wait below. It holds no car (it is never approved),
+//! but the customer's money: order hears every `PaymentAuthorized`;
+//! when its order is missing and the authorization is older than
 //! `abandon_after_ms` (wasi:config, default 5 s: far longer than the rest of
 //! a `POST /orders` takes), order records the id as abandoned and publishes
-//! `OrderAbandoned`, and payment refunds. A younger approval is retried
+//! `OrderAbandoned`, and payment refunds. A younger authorization is retried
 //! later (the host redelivers it). The abandoned record and the order's
 //! insert exclude each other in order's database, so a request that
 //! outlives the wait answers 503 instead of placing an order whose payment
@@ -59,7 +62,7 @@ const MAX_QTY: u32 = 1_000;
 const CUSTOMER: &str = "customer";
 /// Longest customer name and Idempotency-Key, in characters.
 const MAX_CHARS: usize = 200;
-/// How long after its approval a payment without an order is abandoned,
+/// How long after its authorization a payment without an order is abandoned,
 /// unless the config says `abandon_after_ms`.
 const ABANDON_AFTER_MS: i64 = 5_000;
 /// How long a `POST /orders` holds its Idempotency-Key at most, unless the
@@ -140,7 +143,7 @@ impl Component for Orders {
                 }
                 Ok(())
             }
-            Some(Heard::PaymentApproved(order)) => abandon_if_missing(event, &order),
+            Some(Heard::PaymentAuthorized(order)) => abandon_if_missing(event, &order),
             // The subscriptions list the types above; nothing else is ours.
             None => Ok(()),
         }
@@ -185,22 +188,24 @@ fn find(order_id: Id) -> Result<Option<Order>, Error> {
 }
 
 rentcar_sdk::events! {
-    /// What order hears: rentcar's reservations, payment's approvals and
-    /// cancels.
+    /// What order hears: rentcar's reservations, payment's authorizations
+    /// and cancels.
     enum Heard {
         CarReserved(OrderEvent),
         ReservationRejected(OrderEvent),
-        PaymentApproved(OrderEvent),
+        PaymentAuthorized(OrderEvent),
         PaymentCancelled(OrderEvent),
     }
 }
 
 rentcar_sdk::events! {
-    /// What order publishes on the `order` topic: an abandoned payment (for
-    /// payment to refund), and the orders that were reserved and cancelled
-    /// (for loyalty, with the customer).
+    /// What order publishes on the `order` topic: a placed order (for
+    /// payment to approve its payment) or an abandoned payment (for payment
+    /// to refund), and the orders that were reserved and cancelled (for
+    /// loyalty, with the customer).
     enum Published {
-        OrderAbandoned(Abandoned),
+        OrderPlaced(OrderEvent),
+        OrderAbandoned(OrderEvent),
         OrderReserved(Announced),
         OrderCancelled(Announced),
     }
@@ -228,8 +233,9 @@ fn announce(order_id: Id, event: fn(Announced) -> Published) -> Result<(), Error
     publish(order_id, &event(announced))
 }
 
-/// The part of rentcar's and payment's events an order needs. Payment
-/// events carry the payment's `id`, rentcar's its `paymentId`.
+/// An order and its payment: the part of rentcar's and payment's events an
+/// order needs (payment's carry the payment's `id`, rentcar's its
+/// `paymentId`), and what payment needs of an order placed or abandoned.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct OrderEvent {
@@ -238,19 +244,11 @@ struct OrderEvent {
     payment_id: Id,
 }
 
-/// A payment approved for an order that was never placed: payment refunds.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Abandoned {
-    order_id: Id,
-    payment_id: Id,
-}
-
 /// Whether an order missing now may still be placed by a `POST /orders` in
-/// flight: its payment was approved less than `abandon_after_ms` ago.
+/// flight: its payment was authorized less than `abandon_after_ms` ago.
 fn may_be_in_flight(event: &Envelope) -> bool {
-    let approved = i64::try_from(event.time).unwrap_or(i64::MAX);
-    now_ms().saturating_sub(approved) < config_ms("abandon_after_ms", ABANDON_AFTER_MS)
+    let authorized = i64::try_from(event.time).unwrap_or(i64::MAX);
+    now_ms().saturating_sub(authorized) < config_ms("abandon_after_ms", ABANDON_AFTER_MS)
 }
 
 /// A duration from order's config (wasi:config), or `default`.
@@ -311,7 +309,7 @@ fn abandon_if_missing(event: &Envelope, order: &OrderEvent) -> Result<(), Error>
         return Err(not_placed_yet(order));
     }
     db::execute("INSERT INTO abandoned (id) VALUES (?)", &[order.order_id.into()])?;
-    let abandoned = Abandoned {
+    let abandoned = OrderEvent {
         order_id: order.order_id,
         payment_id: order.payment_id,
     };
@@ -429,8 +427,9 @@ fn place(request: &Request, _: &Params) -> Result<Response, Error> {
     Ok(Response::json(201, &placed?))
 }
 
-/// Pays for `new` and records it under the payment's id; gives up the
-/// key's claim in the same transaction.
+/// Pays for `new` and records it under the payment's id, with `OrderPlaced`
+/// for payment to approve what it authorized; gives up the key's claim in
+/// the same transaction.
 fn pay_and_record(new: &NewOrder, customer: &str, claim: Option<&Claim>) -> Result<Order, Error> {
     let payment = payments::approve(new.car_id.unsigned(), new.qty, customer)?;
     let (order_id, payment_id) = match (Id::from_unsigned(payment.order_id), Id::from_unsigned(payment.id)) {
@@ -480,6 +479,8 @@ fn pay_and_record(new: &NewOrder, customer: &str, claim: Option<&Claim>) -> Resu
     if let Some(claim) = claim {
         claim.release()?;
     }
+    let placed = OrderEvent { order_id, payment_id };
+    publish(order_id, &Published::OrderPlaced(placed))?;
     find(order_id)?.ok_or_else(|| Error::internal("order vanished"))
 }
 
@@ -612,6 +613,7 @@ fn payment_of(request: &Request, params: &Params) -> Result<Response, Error> {
             "id": payment.id,
             "orderId": payment.order_id,
             "status": match payment.status {
+                PaymentStatus::Authorized => "AUTHORIZED",
                 PaymentStatus::Approved => "APPROVED",
                 PaymentStatus::Cancelled => "CANCELLED",
                 PaymentStatus::Refunded => "REFUNDED",

@@ -1,10 +1,17 @@
 //! The payment bounded context.
 //!
-//! Order calls `rentcar:payment/payments` synchronously to approve or cancel
-//! the payment of an order; every change is published on the `payment` topic
-//! with the order id as key. The payment is refunded when rentcar rejects
-//! the reservation, or when order reports that the order was never created
-//! (the host died between the two commits). HTTP: `GET /payments` and
+//! Order calls `rentcar:payment/payments` synchronously to pay for an order
+//! or cancel its payment; every change is published on the `payment` topic
+//! with the order id as key.
+//!
+//! Two steps, so that a payment whose order never commits holds no car.
+//! `approve` records the payment as `AUTHORIZED` (`PaymentAuthorized`) and
+//! order commits the order with `OrderPlaced`; hearing that, payment marks
+//! it `APPROVED` (`PaymentApproved`), on which rentcar reserves. A payment
+//! whose order never came (the host died between the two commits) stays
+//! authorized until order gives up on it (`OrderAbandoned`) and payment
+//! refunds it, having reserved nothing meanwhile. An approved payment is
+//! refunded when rentcar rejects the reservation. HTTP: `GET /payments` and
 //! `GET /payments?orderId=..` (paginated: `?limit=`, `?after=`),
 //! `GET /payments/{id}`.
 //!
@@ -47,10 +54,12 @@ impl Component for Payments {
         Router::new().get("/payments", list).get("/payments/:id", get)
     }
 
-    /// Rentcar's `ReservationRejected` or order's `OrderAbandoned`: either
-    /// way the payment is not for a valid order any more.
+    /// Order's `OrderPlaced` approves the payment; rentcar's
+    /// `ReservationRejected` or order's `OrderAbandoned` refund it: either
+    /// way it is not for a valid order any more.
     fn on_event(event: &Envelope) -> Result<(), Error> {
         match Heard::read(event)? {
+            Some(Heard::OrderPlaced(placed)) => approve_placed(placed.payment_id),
             Some(Heard::ReservationRejected(gone) | Heard::OrderAbandoned(gone)) => refund(gone.payment_id),
             // Rentcar's other events, and order's other types, if any.
             None => Ok(()),
@@ -70,24 +79,26 @@ export!(Payments);
 rentcar_sdk::events! {
     /// What payment hears on the `rentcar` and `order` topics.
     enum Heard {
-        ReservationRejected(Refund),
-        OrderAbandoned(Refund),
+        OrderPlaced(OfPayment),
+        ReservationRejected(OfPayment),
+        OrderAbandoned(OfPayment),
     }
 }
 
 rentcar_sdk::events! {
     /// What payment publishes on the `payment` topic.
     enum Published {
+        PaymentAuthorized(PaymentJson),
         PaymentApproved(PaymentJson),
         PaymentCancelled(PaymentJson),
         PaymentRefunded(PaymentJson),
     }
 }
 
-/// The part of a `ReservationRejected` or `OrderAbandoned` payment needs.
+/// The part of the events payment hears that it needs.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Refund {
+struct OfPayment {
     payment_id: Id,
 }
 
@@ -107,7 +118,7 @@ impl payments::Guest for Payments {
         // the write-ahead log per payment).
         let changes = db::execute(
             "INSERT INTO payments (id, order_id, car_id, qty, customer, status)
-             SELECT next, next, ?, ?, ?, 'APPROVED'
+             SELECT next, next, ?, ?, ?, 'AUTHORIZED'
              FROM (SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'payments'), 0) + 1 AS next)",
             &[car_id.into(), qty.into(), customer.as_str().into()],
         )
@@ -124,15 +135,15 @@ impl payments::Guest for Payments {
             car_id: car_id.unsigned(),
             qty,
             customer,
-            status: PaymentStatus::Approved,
+            status: PaymentStatus::Authorized,
         };
-        announce(Published::PaymentApproved, &payment).map_err(failed)?;
+        announce(Published::PaymentAuthorized, &payment).map_err(failed)?;
         Ok(payment)
     }
 
     fn cancel(payment_id: u64) -> Result<Payment, CallError> {
         let mut payment = find(payment_id)?.ok_or(CallError::NotFound)?;
-        if payment.status != PaymentStatus::Approved {
+        if !matches!(payment.status, PaymentStatus::Authorized | PaymentStatus::Approved) {
             return Err(CallError::Conflict(format!(
                 "payment {payment_id} is {}",
                 status_name(payment.status)
@@ -169,17 +180,43 @@ fn find_by_id(id: Id) -> Result<Option<Payment>, Error> {
         .transpose()
 }
 
-/// Refunds an approved payment; one cancelled meanwhile has nothing left
-/// to refund.
+/// Approves the payment of an order just placed, unless it was cancelled
+/// meanwhile (then it holds nothing, and stays so).
+fn approve_placed(payment_id: Id) -> Result<(), Error> {
+    change(
+        payment_id,
+        &[PaymentStatus::Authorized],
+        PaymentStatus::Approved,
+        Published::PaymentApproved,
+    )
+}
+
+/// Refunds an authorized or approved payment; one cancelled meanwhile has
+/// nothing left to refund.
 fn refund(payment_id: Id) -> Result<(), Error> {
-    let row = db::query_row(
-        &format!("{SELECT} WHERE id = ? AND status = 'APPROVED'"),
-        &[payment_id.into()],
-    )?;
-    if let Some(mut payment) = row.as_ref().map(from_row).transpose()? {
-        set_status(&payment, PaymentStatus::Refunded)?;
-        payment.status = PaymentStatus::Refunded;
-        announce(Published::PaymentRefunded, &payment)?;
+    change(
+        payment_id,
+        &[PaymentStatus::Authorized, PaymentStatus::Approved],
+        PaymentStatus::Refunded,
+        Published::PaymentRefunded,
+    )
+}
+
+/// Moves a payment in one of the states `from` to `to`, and publishes
+/// `event`; a payment in another state is left as it is.
+fn change(
+    payment_id: Id,
+    from: &[PaymentStatus],
+    to: PaymentStatus,
+    event: fn(PaymentJson) -> Published,
+) -> Result<(), Error> {
+    let Some(mut payment) = find_by_id(payment_id)? else {
+        return Ok(());
+    };
+    if from.contains(&payment.status) {
+        set_status(&payment, to)?;
+        payment.status = to;
+        announce(event, &payment)?;
     }
     Ok(())
 }
@@ -205,6 +242,7 @@ fn from_row(row: &Row) -> Result<Payment, Error> {
         qty: row.get(3)?,
         customer: row.text(4)?,
         status: match status.as_str() {
+            "AUTHORIZED" => PaymentStatus::Authorized,
             "APPROVED" => PaymentStatus::Approved,
             "CANCELLED" => PaymentStatus::Cancelled,
             "REFUNDED" => PaymentStatus::Refunded,
@@ -215,6 +253,7 @@ fn from_row(row: &Row) -> Result<Payment, Error> {
 
 fn status_name(status: PaymentStatus) -> &'static str {
     match status {
+        PaymentStatus::Authorized => "AUTHORIZED",
         PaymentStatus::Approved => "APPROVED",
         PaymentStatus::Cancelled => "CANCELLED",
         PaymentStatus::Refunded => "REFUNDED",

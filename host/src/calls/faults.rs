@@ -1,6 +1,8 @@
 //! Fault injection, the way Istio does it: an operator adds a delay or an
 //! abort to every call into a component (synchronous calls and HTTP
 //! requests) to rehearse failures. Set with `PUT /admin/faults/{component}`.
+//! Beyond Istio, a reply delay holds the answer of a call that has run: the
+//! callee's work is done, and the caller may give up on it first.
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
@@ -20,19 +22,25 @@ pub struct Fault {
     /// Share of calls that fail at once, 0 to 100.
     #[serde(default)]
     pub abort_percent: u8,
+    /// Added after every call has run, before its answer goes back, in ms.
+    #[serde(default)]
+    pub reply_delay_ms: u64,
 }
 
 /// Longest delay a fault may add, in ms.
 const MAX_DELAY_MS: u64 = 600_000;
 
 impl Fault {
-    /// Refuses a fault that makes no sense: the delay and its jitter add up
-    /// (without overflowing) to at most 10 minutes.
+    /// Refuses a fault that makes no sense: the delays and the jitter add
+    /// up (without overflowing) to at most 10 minutes.
     pub fn check(&self) -> Result<(), String> {
-        let longest = self.delay_ms.checked_add(self.jitter_ms);
+        let longest = self
+            .delay_ms
+            .checked_add(self.jitter_ms)
+            .and_then(|ms| ms.checked_add(self.reply_delay_ms));
         if self.abort_percent > 100 || longest.is_none_or(|ms| ms > MAX_DELAY_MS) {
             return Err(format!(
-                "abortPercent is 0 to 100, and delayMs + jitterMs at most {MAX_DELAY_MS}"
+                "abortPercent is 0 to 100, and delayMs + jitterMs + replyDelayMs at most {MAX_DELAY_MS}"
             ));
         }
         Ok(())
@@ -63,10 +71,14 @@ impl Faults {
             .is_some()
     }
 
+    fn get(&self, component: &str) -> Option<Fault> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).get(component).copied()
+    }
+
     /// Applies the fault of `component`, if any, to one call: waits out the
     /// delay, then answers whether the call is to be aborted.
     pub async fn inject(&self, component: &str) -> bool {
-        let Some(fault) = self.0.read().unwrap_or_else(|e| e.into_inner()).get(component).copied() else {
+        let Some(fault) = self.get(component) else {
             return false;
         };
         let delay = fault.delay_ms
@@ -80,6 +92,15 @@ impl Faults {
         }
         fault.abort_percent > 0 && fastrand::u8(0..100) < fault.abort_percent
     }
+
+    /// Holds the answer of a call into `component` that has run for its
+    /// fault's reply delay, if any.
+    pub async fn delay_reply(&self, component: &str) {
+        let delay = self.get(component).map_or(0, |fault| fault.reply_delay_ms);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -88,15 +109,19 @@ mod tests {
 
     #[test]
     fn delays_are_bounded_without_overflow() {
-        let fault = |delay_ms, jitter_ms, abort_percent| Fault {
+        let fault = |delay_ms, jitter_ms, abort_percent, reply_delay_ms| Fault {
             delay_ms,
             jitter_ms,
             abort_percent,
+            reply_delay_ms,
         };
-        assert!(fault(800, 220, 30).check().is_ok());
-        assert!(fault(600_000, 0, 100).check().is_ok());
-        assert!(fault(1, u64::MAX, 0).check().is_err());
-        assert!(fault(600_000, 1, 0).check().is_err());
-        assert!(fault(0, 0, 101).check().is_err());
+        assert!(fault(800, 220, 30, 0).check().is_ok());
+        assert!(fault(600_000, 0, 100, 0).check().is_ok());
+        assert!(fault(0, 0, 0, 600_000).check().is_ok());
+        assert!(fault(1, u64::MAX, 0, 0).check().is_err());
+        assert!(fault(1, 0, 0, u64::MAX).check().is_err());
+        assert!(fault(600_000, 1, 0, 0).check().is_err());
+        assert!(fault(300_000, 0, 0, 300_001).check().is_err());
+        assert!(fault(0, 0, 101, 0).check().is_err());
     }
 }

@@ -178,7 +178,9 @@ impl Call<'_> {
                 if self.faults.inject(&link.to).await {
                     return Err(anyhow!(FaultInjected));
                 }
-                self.callee.call(self.function, params, self.request_id.clone()).await
+                let answer = self.callee.call(self.function, params, self.request_id.clone()).await;
+                self.faults.delay_reply(&link.to).await;
+                answer
             };
             let outcome = tokio::time::timeout_at(deadline, once)
                 .await

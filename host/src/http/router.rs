@@ -222,7 +222,9 @@ async fn route(runtime: &Runtime, request: Request, request_id: &str) -> Result<
         if runtime.faults.inject(name).await {
             return Err(ApiError::FaultInjected(name.into()));
         }
-        invoke(&loaded, request, request_id).await
+        let answer = invoke(&loaded, request, request_id).await;
+        runtime.faults.delay_reply(name).await;
+        answer
     };
     match tokio::time::timeout(limits.timeout() + GRACE, invocation).await {
         Ok(result) => result,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{Host, wait_for};
+use crate::harness::{Host, runtime_toml_with, wait_for};
 
 #[tokio::test]
 async fn order_is_paid_reserved_and_shown_in_the_view() -> anyhow::Result<()> {
@@ -27,14 +27,21 @@ async fn order_is_paid_reserved_and_shown_in_the_view() -> anyhow::Result<()> {
     let order_id = order["id"].as_u64().unwrap();
     let payment_id = order["paymentId"].as_u64().expect("a paid order has its payment");
 
+    // Authorized with the order; approved once payment hears the order
+    // placed, and only then does rentcar reserve.
     let (status, payment) = host.get(&format!("/payments/{payment_id}")).await?;
     assert_eq!(status, 200);
-    assert_eq!(payment["status"], "APPROVED");
+    assert!(
+        matches!(payment["status"].as_str(), Some("AUTHORIZED" | "APPROVED")),
+        "{payment}"
+    );
     assert_eq!(payment["orderId"], order_id);
     let by_order = host.all(&format!("/payments?orderId={order_id}")).await?;
     assert_eq!(by_order.len(), 1, "{by_order:?}");
 
     wait_for(&host, &format!("/orders/{order_id}"), "status", json!("RESERVED")).await?;
+    let (_, payment) = host.get(&format!("/payments/{payment_id}")).await?;
+    assert_eq!(payment["status"], "APPROVED", "{payment}");
     let view = wait_for(&host, &format!("/availability/{car_id}"), "available", json!(2)).await?;
     assert_eq!(
         view,
@@ -265,5 +272,67 @@ async fn an_order_whose_client_hung_up_is_still_placed() -> anyhow::Result<()> {
     wait_for(&host, &format!("/orders/{}", order["id"]), "status", json!("RESERVED")).await?;
     let payments = host.all("/payments").await?;
     assert_eq!(payments[0]["status"], "APPROVED", "{payments:?}");
+    Ok(())
+}
+
+/// The window between payment's commit and order's: payment's answer comes
+/// back after order has given up on it (a reply delay beyond the link's
+/// timeout, 500 ms here), so the payment is taken but no order exists. It
+/// holds no car: another customer gets the last one at once. Order abandons
+/// it after `abandon_after_ms` (5 s), and payment refunds it.
+#[tokio::test]
+async fn a_payment_whose_order_never_committed_holds_no_car() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = runtime_toml_with(dir.path(), "")?;
+    let toml = std::fs::read_to_string(&config)?;
+    std::fs::write(&config, toml.replacen("timeout_ms = 2000", "timeout_ms = 500", 1))?;
+    let host = Host::start_with(&config, &dir.path().join("data"))?;
+    let car_id = host.car("Casper", 1).await?;
+
+    assert_eq!(host.fault("payment", json!({ "replyDelayMs": 1000 })).await?.0, 200);
+    let (status, body) = host
+        .post("/orders", json!({ "carId": car_id, "qty": 1, "customer": "kim" }))
+        .await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("payment-unavailable")),
+        "{body}"
+    );
+    assert_eq!(
+        host.admin(reqwest::Method::DELETE, "/admin/faults/payment").await?.0,
+        204
+    );
+    let payments = host.all("/payments").await?;
+    assert_eq!(payments.len(), 1, "{payments:?}");
+    assert!(host.all("/orders").await?.is_empty());
+
+    // Well within the 5 s before kim's payment is abandoned; meanwhile
+    // order retries kim's `PaymentAuthorized`, which holds up none of its
+    // other subscriptions (lee's `CarReserved`).
+    let other = host
+        .post("/orders", json!({ "carId": car_id, "qty": 1, "customer": "lee" }))
+        .await?;
+    assert_eq!(other.0, 201, "{other:?}");
+    wait_for(
+        &host,
+        &format!("/orders/{}", other.1["id"]),
+        "status",
+        json!("RESERVED"),
+    )
+    .await?;
+    // Kim's payment was authorized, never approved: approval waits for the
+    // order placed.
+    let orphan = format!("/payments/{}", payments[0]["id"]);
+    let (_, payment) = host.get(&orphan).await?;
+    assert_eq!(payment["status"], "AUTHORIZED", "{payment}");
+
+    wait_for(&host, &orphan, "status", json!("REFUNDED")).await?;
+    let summary = crate::harness::eventually("the books to balance", Duration::from_secs(20), || {
+        crate::harness::books_balance(&host)
+    })
+    .await?;
+    assert!(summary.contains("1 abandoned"), "{summary}");
+    let (_, car) = host.get(&format!("/cars/{car_id}")).await?;
+    assert_eq!(car["available"], 0, "{car}");
     Ok(())
 }

@@ -72,11 +72,8 @@ async fn payment_ids_go_on_from_an_existing_database() -> anyhow::Result<()> {
     let car_id = host.car("Avante", 3).await?;
     let order = host.order(car_id, 1).await?;
     assert_eq!(order["id"], 8, "{order}");
-    let (_, paid) = host.get("/payments/8").await?;
-    assert_eq!(
-        (paid["orderId"].clone(), paid["status"].clone()),
-        (json!(8), json!("APPROVED"))
-    );
+    let paid = wait_for(&host, "/payments/8", "status", json!("APPROVED")).await?;
+    assert_eq!(paid["orderId"], 8, "{paid}");
     Ok(())
 }
 

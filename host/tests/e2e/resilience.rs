@@ -7,7 +7,7 @@ use futures::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{Host, eventually, runtime_toml_with, wasm};
+use crate::harness::{Host, eventually, runtime_toml_with, wait_for, wasm};
 
 /// The hostile component beside the well-behaved probe, with tight limits.
 fn hostile_config(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
@@ -281,6 +281,7 @@ async fn idempotent_calls_are_retried_and_others_are_not() -> anyhow::Result<()>
     let host = Host::start(dir.path())?;
     let car = host.car("Kona", 5).await?;
     let order = host.order(car, 1).await?;
+    wait_for(&host, &format!("/orders/{}", order["id"]), "status", json!("RESERVED")).await?;
     let path = format!("/orders/{}/payment", order["id"]);
     let (status, payment) = host.get(&path).await?;
     assert_eq!(status, 200, "{payment}");
