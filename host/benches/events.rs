@@ -4,8 +4,9 @@
 //!    (1,000 per request), the host relays them to the log and delivers
 //!    them back to the probe, whose handler commits each with its inbox row;
 //!    events/s from the first publish until the last effect is committed;
-//! 2. latency: `POST /orders` returns (payment approved) -> rentcar reserves
-//!    -> the view shows the new availability; p50/p99 over sequential orders;
+//! 2. latency: `POST /orders` returns (payment authorized, order placed) ->
+//!    payment approves -> rentcar reserves -> the view shows the new
+//!    availability; p50/p99 over sequential orders;
 //! 3. orders: 32 clients place orders for 10 s; orders/s and p99, and how
 //!    long after the last order the view shows them all.
 //!
@@ -111,7 +112,7 @@ async fn latency(brokers: Option<&str>) -> anyhow::Result<()> {
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     println!(
-        "latency, payment approved -> view updated, {ORDERS} orders: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "latency, order placed -> view updated, {ORDERS} orders: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         at(0.50).as_secs_f64() * 1e3,
         at(0.99).as_secs_f64() * 1e3,
         latencies[latencies.len() - 1].as_secs_f64() * 1e3

@@ -519,7 +519,7 @@ async fn idle_and_slow_connections_are_closed_and_their_number_is_bounded() -> a
         "{:?}",
         started.elapsed()
     );
-    assert!(host.log().contains("connection limit reached"), "{}", host.log());
+    host.logged("connection limit reached").await?;
 
     // Each of the eight was closed by the host, the slow one included.
     for stream in [idle, kept, slow].into_iter().chain(rest) {
@@ -714,7 +714,7 @@ async fn what_the_host_builds_for_a_guest_counts_in_its_memory_budget() -> anyho
     // holding all 40 MiB first.
     let (status, body) = host.get("/hostile/sql/result/40").await?;
     assert_eq!((status, body["error"].as_str()), (503, Some("busy")), "{body}");
-    assert!(host.log().contains("memory budget is spent"), "{}", host.log());
+    host.logged("memory budget is spent").await?;
     // Given back: the next one is served.
     let (status, body) = host.get("/hostile/sql/result/4").await?;
     assert_eq!(status, 200, "{body}");

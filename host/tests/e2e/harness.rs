@@ -284,6 +284,16 @@ impl Host {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Waits until the host has logged `text`: its log is read on a
+    /// thread of its own, so a line written before an answer may be read
+    /// after it.
+    pub async fn logged(&self, text: &str) -> anyhow::Result<()> {
+        eventually(&format!("the log to say {text:?}"), Duration::from_secs(5), || async {
+            Ok(self.log().contains(text).then_some(()))
+        })
+        .await
+    }
+
     /// Ends the host like `kill -9` would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -129,10 +129,7 @@ async fn sigterm_drains_and_exits_cleanly() -> anyhow::Result<()> {
     host.car("Casper", 1).await?;
     let status = host.terminate()?;
     assert!(status.success(), "exit status {status}");
-    eventually("the drain to be logged", Duration::from_secs(5), || async {
-        Ok(host.log().contains("stopped").then_some(()))
-    })
-    .await?;
+    host.logged("stopped").await?;
     Ok(())
 }
 

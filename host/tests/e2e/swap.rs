@@ -163,11 +163,7 @@ async fn watch_swaps_a_rebuilt_file_and_the_cli_deploys() -> anyhow::Result<()> 
         Ok((version(&host, "payment").await? != before).then_some(()))
     })
     .await?;
-    // The line follows the swap: read from the host's stderr, it may lag.
-    eventually("the watcher to say so", Duration::from_secs(5), || async {
-        Ok(host.log().contains("watch: swapped in").then_some(()))
-    })
-    .await?;
+    host.logged("watch: swapped in").await?;
     let car = host.car("Watched", 5).await?;
     host.order(car, 1).await?;
 
