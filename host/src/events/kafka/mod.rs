@@ -8,7 +8,11 @@
 //!   the payload, the rest of its envelope in headers.
 //! - The producer is idempotent (`enable.idempotence`, `acks=all`): an
 //!   append returns once the broker acknowledged every event, so the relay
-//!   deletes outbox rows only then.
+//!   deletes outbox rows only then. A producer the broker fenced, or that
+//!   hit a fatal error, refuses every event from then on: it is replaced
+//!   by a new one (a new producer id), and the relay's next try goes
+//!   through that. (tansu fences a producer whose epoch librdkafka bumped
+//!   after a request timed out.)
 //! - Each subscribing component is the consumer group `<prefix><name>`;
 //!   its dispatcher reads every partition of a topic from the positions it
 //!   holds, and commits them to the group. Our offsets are Kafka's plus
@@ -29,15 +33,18 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+use self::reader::{Reader, Take};
 use super::log::{Appended, Envelope, EventBus, Keep, Offsets, PartitionStats, Record};
 use crate::config::Bus;
+
+mod reader;
 
 /// How long a read waits for a first event before it answers "none yet".
 const FIRST_EVENT_WAIT: Duration = Duration::from_millis(250);
@@ -54,7 +61,9 @@ pub struct KafkaBus {
     client: ClientConfig,
     prefix: String,
     partitions: u32,
-    producer: FutureProducer,
+    /// Its settings, to make a new one after a fatal error.
+    producer_config: ClientConfig,
+    producer: Mutex<Arc<FutureProducer>>,
     /// Asks the broker about topics (metadata, watermarks); in no group.
     meta: Arc<BaseConsumer>,
     /// Per (consumer, topic), the consumer its dispatcher reads with.
@@ -70,67 +79,6 @@ pub struct KafkaBus {
 
 /// Held across awaits by one task at a time.
 type Shared<T> = Arc<tokio::sync::Mutex<T>>;
-
-/// A group member reading one topic.
-struct Reader {
-    consumer: Arc<StreamConsumer>,
-    /// Per partition, the offset of the last record read (`None`: to be
-    /// assigned anew).
-    next: Option<Offsets>,
-    /// Per partition, an offset found missing and how many fetches in a row
-    /// skipped it.
-    missing: HashMap<u32, (u64, u32)>,
-}
-
-/// Whether a read takes a record.
-enum Take {
-    Yes,
-    /// Read before (a fetch from before the last assignment): dropped.
-    Seen,
-    /// Past a record not read yet: the partition is fetched again.
-    Refetch,
-}
-
-/// Fetches in a row that may skip an offset before it counts as missing
-/// from the partition (deleted by the broker's retention, say).
-const SKIPS_BEFORE_MISSING: u32 = 3;
-
-impl Reader {
-    /// Offsets of a partition follow each other (our producer is
-    /// idempotent, not transactional, and topics are not compacted), and
-    /// a position must never pass a record not delivered: a record out of
-    /// order (seen from some brokers and after a reassignment) is dropped
-    /// or makes the partition be fetched again.
-    fn take(&mut self, record: &Record) -> Take {
-        let Some(next) = self.next.as_mut() else {
-            return Take::Seen;
-        };
-        let expected = next.get(&record.partition).copied().unwrap_or(0) + 1;
-        if record.offset < expected {
-            return Take::Seen;
-        }
-        if record.offset > expected {
-            let skips = self.missing.entry(record.partition).or_insert((expected, 0));
-            if skips.0 != expected {
-                *skips = (expected, 0);
-            }
-            skips.1 += 1;
-            if skips.1 < SKIPS_BEFORE_MISSING {
-                self.next = None;
-                return Take::Refetch;
-            }
-            tracing::warn!(
-                partition = record.partition,
-                from = expected,
-                to = record.offset - 1,
-                "offsets missing from the partition; going on after them"
-            );
-        }
-        self.missing.remove(&record.partition);
-        next.insert(record.partition, record.offset);
-        Take::Yes
-    }
-}
 
 impl KafkaBus {
     /// A bus on the brokers of `settings`. Nothing is asked of the broker
@@ -155,14 +103,16 @@ impl KafkaBus {
             client.set(key, value);
             producer.set(key, value);
         }
-        let producer = producer.create().context("cannot create the Kafka producer")?;
+        let producer_config = producer;
+        let producer = producer_config.create().context("cannot create the Kafka producer")?;
         let meta = client.create().context("cannot create a Kafka client")?;
         Ok(KafkaBus {
             meta: Arc::new(meta),
             client,
             prefix: settings.topic_prefix.clone(),
             partitions: settings.partitions,
-            producer,
+            producer_config,
+            producer: Mutex::new(Arc::new(producer)),
             readers: Mutex::default(),
             counts: Mutex::default(),
             appended: Appended::default(),
@@ -174,6 +124,30 @@ impl KafkaBus {
     /// The broker's name of `topic`.
     fn name(&self, topic: &str) -> String {
         format!("{}{topic}", self.prefix)
+    }
+
+    /// Replaces `failed` with a new producer if the broker fenced it or it
+    /// hit a fatal error (`err` is what it answered), unless another append
+    /// replaced it already.
+    fn renew_if_fenced(&self, failed: &Arc<FutureProducer>, err: &anyhow::Error) -> anyhow::Result<()> {
+        let fenced = err
+            .downcast_ref::<KafkaError>()
+            .and_then(KafkaError::rdkafka_error_code)
+            .filter(|code| *code == RDKafkaErrorCode::ProducerFenced)
+            .map(|code| (code, "fenced by the broker".to_string()));
+        let Some((code, reason)) = fenced.or_else(|| failed.client().fatal_error()) else {
+            return Ok(());
+        };
+        let mut producer = self.producer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if Arc::ptr_eq(&producer, failed) {
+            tracing::warn!(%code, %reason, "the Kafka producer cannot go on; making a new one");
+            *producer = Arc::new(
+                self.producer_config
+                    .create()
+                    .context("cannot create the Kafka producer")?,
+            );
+        }
+        Ok(())
     }
 
     fn reader(&self, consumer: &str, topic: &str) -> anyhow::Result<Shared<Reader>> {
@@ -261,27 +235,16 @@ impl EventBus for KafkaBus {
     }
 
     async fn append(&self, events: &[Envelope]) -> anyhow::Result<()> {
-        // Enqueued in order (one key's events keep theirs), then awaited.
-        let mut deliveries = Vec::with_capacity(events.len());
-        for event in events {
-            let name = self.name(&event.topic);
-            let record = FutureRecord::to(&name)
-                .key(&event.key)
-                .payload(&event.payload)
-                .timestamp(event.time as i64)
-                .headers(headers(event));
-            match self.producer.send_result(record) {
-                Ok(delivery) => deliveries.push(delivery),
-                Err((err, _)) => return Err(err).context("cannot hand an event to the Kafka producer"),
-            }
+        let producer = self
+            .producer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let produced = produce(&producer, events, |topic| self.name(topic)).await;
+        if let Err(err) = &produced {
+            self.renew_if_fenced(&producer, err)?;
         }
-        for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((err, _))) => return Err(err).context("the broker did not take an event"),
-                Err(_) => anyhow::bail!("the Kafka producer went away"),
-            }
-        }
+        produced?;
         let count = self.appends.fetch_add(1, Ordering::Relaxed) + 1;
         self.appended.tell(events, count);
         Ok(())
@@ -409,6 +372,33 @@ impl EventBus for KafkaBus {
     fn ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
+}
+
+/// Produces `events` (to the broker's `name` of their topics) and waits
+/// until the broker acknowledged every one: enqueued in order (one key's
+/// events keep theirs), then awaited.
+async fn produce(producer: &FutureProducer, events: &[Envelope], name: impl Fn(&str) -> String) -> anyhow::Result<()> {
+    let mut deliveries = Vec::with_capacity(events.len());
+    for event in events {
+        let name = name(&event.topic);
+        let record = FutureRecord::to(&name)
+            .key(&event.key)
+            .payload(&event.payload)
+            .timestamp(event.time as i64)
+            .headers(headers(event));
+        match producer.send_result(record) {
+            Ok(delivery) => deliveries.push(delivery),
+            Err((err, _)) => return Err(err).context("cannot hand an event to the Kafka producer"),
+        }
+    }
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((err, _))) => return Err(err).context("the broker did not take an event"),
+            Err(_) => anyhow::bail!("the Kafka producer went away"),
+        }
+    }
+    Ok(())
 }
 
 fn headers(event: &Envelope) -> OwnedHeaders {
