@@ -71,6 +71,7 @@ pub async fn serve(
     token.cancel();
     tracker.close();
     tracker.wait().await;
+    runtime.bus.close().await;
     tracing::info!("stopped");
     Ok(())
 }

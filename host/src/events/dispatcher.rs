@@ -14,7 +14,7 @@ use tracing::Instrument as _;
 use crate::bindings::event_handler::Event;
 use crate::clock::now_ms;
 use crate::config::{Delivery, Subscription};
-use crate::events::log::{DeadLetter, DeadLetters, Envelope, EventBus, Offsets, Record};
+use crate::events::log::{DeadLetter, DeadLetters, Envelope, EventBus, Offsets, Reassigned, Record};
 use crate::instance::memory::OverBudget;
 use crate::instance::registry::Registry;
 use crate::instance::slot::{Delivered, Loaded};
@@ -27,6 +27,16 @@ use super::{BATCH, SAVE_EVERY};
 
 /// Most events delivered to a consumer in one transaction.
 const RUN: usize = 32;
+
+/// How a batch ended.
+enum Progress {
+    /// Every event of it delivered: there may be more.
+    Delivered,
+    /// Nothing to read, or the batch was interrupted.
+    Idle,
+    /// The log gave this consumer other partitions: its positions are stale.
+    Reassigned,
+}
 
 /// How one event's delivery ended.
 enum Outcome {
@@ -94,10 +104,15 @@ impl Dispatcher {
                     }
                 }
                 appended.borrow_and_update();
-                let done = match &mut cursor.positions {
+                let progress = match &mut cursor.positions {
                     Some(positions) if !stopped => self.batch(positions).await,
-                    _ => false,
+                    _ => Progress::Idle,
                 };
+                if let Progress::Reassigned = progress {
+                    // Read again from the log before anything is saved.
+                    tracing::info!("partitions reassigned; reading positions again");
+                    cursor = Cursor::default();
+                }
                 // Saved at most every SAVE_EVERY (an event delivered again
                 // after a crash finds its inbox row), and at shutdown.
                 let due = cursor.saved_at.is_none_or(|at| at.elapsed() >= SAVE_EVERY);
@@ -107,7 +122,7 @@ impl Dispatcher {
                 self.stats.update(&self.consumer, &self.topic, |s| {
                     s.positions.clone_from(&cursor.positions)
                 });
-                done
+                matches!(progress, Progress::Delivered)
             };
             let unsaved = cursor.saved != cursor.positions;
             if self.token.is_cancelled() {
@@ -146,15 +161,15 @@ impl Dispatcher {
     }
 
     /// Delivers one batch after `positions` and moves each partition's
-    /// position past what it delivered; `false` when there was nothing to
-    /// do or the batch was interrupted.
-    async fn batch(&self, positions: &mut Offsets) -> bool {
+    /// position past what it delivered.
+    async fn batch(&self, positions: &mut Offsets) -> Progress {
         let batch = match self.bus.read(&self.consumer, &self.topic, positions, BATCH).await {
             Ok(batch) if !batch.is_empty() => batch,
-            Ok(_) => return false,
+            Ok(_) => return Progress::Idle,
+            Err(err) if err.is::<Reassigned>() => return Progress::Reassigned,
             Err(err) => {
                 tracing::error!(cause = %format!("{err:#}"), "cannot read the log");
-                return false;
+                return Progress::Idle;
             }
         };
         // Events of types the consumer does not want are done at once.
@@ -191,7 +206,7 @@ impl Dispatcher {
         done.extend(skipped);
         let finished = done.len() == batch.len();
         advance(positions, &batch, &done);
-        finished
+        if finished { Progress::Delivered } else { Progress::Idle }
     }
 
     /// Delivers events in order, in runs of up to `RUN` per transaction,

@@ -72,12 +72,15 @@ pub trait EventBus: Send + Sync + 'static {
     async fn append(&self, events: &[Envelope]) -> anyhow::Result<()>;
     /// Up to `limit` events of `topic` for `consumer`, after `after` in
     /// each partition (from its beginning where `after` has no entry), each
-    /// partition's in offset order.
+    /// partition's in offset order. A log shared by a group of consumers
+    /// (a broker) reads only the partitions this one holds, and fails with
+    /// [`Reassigned`] when they changed.
     async fn read(&self, consumer: &str, topic: &str, after: &Offsets, limit: usize) -> anyhow::Result<Vec<Record>>;
     /// Where `consumer` stands in `topic`, as last committed.
     async fn committed(&self, consumer: &str, topic: &str) -> anyhow::Result<Offsets>;
     /// Records that `consumer` is done with `topic` up to `positions`
-    /// (partitions it does not name keep theirs).
+    /// (partitions it does not name, or another member of its group holds,
+    /// keep theirs).
     async fn commit(&self, consumer: &str, topic: &str, positions: &Offsets) -> anyhow::Result<()>;
     /// Moves `consumer` back to the beginning of `topic`.
     async fn rewind(&self, consumer: &str, topic: &str) -> anyhow::Result<()>;
@@ -109,7 +112,24 @@ pub trait EventBus: Send + Sync + 'static {
     fn ready(&self) -> bool {
         true
     }
+    /// Leaves the log once the dispatchers are done: a broker's groups
+    /// then hand this host's partitions to their other members at once.
+    async fn close(&self) {}
 }
+
+/// What [`EventBus::read`] fails with when the consumer's share of the
+/// topic's partitions changed (a group rebalance): its positions in them
+/// are stale, and it reads them again ([`EventBus::committed`]).
+#[derive(Debug)]
+pub struct Reassigned;
+
+impl std::fmt::Display for Reassigned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the consumer group gave this member other partitions")
+    }
+}
+
+impl std::error::Error for Reassigned {}
 
 /// Per topic, a watch that changes when events of the topic are appended
 /// (once someone watches it), so that an append wakes only the dispatchers

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::broker::{Broker, Proxy, free_port, on_broker};
-use crate::harness::{Host, books_balance, eventually, runtime_toml, wait_for};
+use crate::harness::{Host, books_balance, eventually, probe_config, runtime_toml, wait_for};
 
 /// A broker behind a proxy that can cut it off, and a host on it.
 async fn host_behind_a_proxy(dir: &std::path::Path) -> anyhow::Result<(Broker, Proxy, Host)> {
@@ -94,5 +94,110 @@ async fn a_host_started_without_its_broker_serves_and_catches_up_when_it_comes()
     let id = order["id"].as_u64().unwrap_or_default();
     reaches(&host, &format!("/orders/{id}"), "status", json!("RESERVED")).await?;
     reaches(&host, &format!("/availability/{car}"), "available", json!(4)).await?;
+    Ok(())
+}
+
+/// What the probe at `host` applied, as (key, seq) in the order applied.
+async fn applied(host: &Host) -> anyhow::Result<Vec<(String, i64)>> {
+    let (_, seen) = host.get("/probe/seen").await?;
+    Ok(seen
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|row| {
+            (
+                row["key"].as_str().unwrap_or_default().to_string(),
+                row["seq"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect())
+}
+
+/// What the probe of a stopped host applied, read from its database.
+fn applied_in(data: &std::path::Path) -> anyhow::Result<Vec<(String, i64)>> {
+    let probe = rusqlite::Connection::open(data.join("probe.db"))?;
+    let mut rows = probe.prepare("SELECT key, seq FROM seen ORDER BY n")?;
+    let seen = rows.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(seen.collect::<Result<_, _>>()?)
+}
+
+/// Publishes `rounds` more rounds of probe events on `host`, one every
+/// 100 ms: an event for each of 16 keys, numbered by round (`round` counts
+/// them all); returns how many events all rounds made.
+async fn publish(host: &Host, round: &mut i64, rounds: i64) -> anyhow::Result<usize> {
+    for _ in 0..rounds {
+        let events = json!({ "keys": 16, "count": 16, "from": *round });
+        let (status, body) = host.post("/probe/publish", events).await?;
+        assert_eq!(status, 202, "{body}");
+        *round += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(*round as usize * 16)
+}
+
+#[tokio::test]
+async fn a_member_joining_and_leaving_the_group_loses_no_event_and_applies_none_twice() -> anyhow::Result<()> {
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let (first_data, second_data) = (dir.path().join("first"), dir.path().join("second"));
+    // Both hosts run the probe under one topic prefix: one consumer group.
+    let config = on_broker(&probe_config(dir.path(), "")?, &first_data, &broker.address)?;
+    let first = Host::start_with(&config, &first_data)?;
+    let mut round = 0;
+    let published = publish(&first, &mut round, 5).await?;
+    eventually(
+        "the first host to apply everything",
+        Duration::from_secs(30),
+        || async { Ok((applied(&first).await?.len() == published).then_some(())) },
+    )
+    .await?;
+
+    // A second member joins under load, takes part of the partitions...
+    let mut second = Host::start_with(&config, &second_data)?;
+    publish(&first, &mut round, 20).await?;
+    eventually("the second host to apply some", Duration::from_secs(30), || async {
+        Ok((!applied(&second).await?.is_empty()).then_some(()))
+    })
+    .await?;
+    publish(&first, &mut round, 20).await?;
+    // ...and leaves under load: the first takes its partitions back.
+    let status = second.terminate()?;
+    assert!(status.success(), "{status}");
+    second.logged("left the consumer groups").await?;
+    let by_second = applied_in(&second_data)?;
+    let published = publish(&first, &mut round, 10).await?;
+
+    let by_first = eventually("every event to be applied", Duration::from_secs(60), || async {
+        let by_first = applied(&first).await?;
+        Ok((by_first.len() + by_second.len() >= published).then_some(by_first))
+    })
+    .await?;
+    // Settled: nothing more arrives late.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let by_first_later = applied(&first).await?;
+    assert_eq!(by_first_later.len(), by_first.len(), "events applied after all were");
+
+    let mut all: Vec<&(String, i64)> = by_first.iter().chain(&by_second).collect();
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "an event was applied twice");
+    assert_eq!(all.len(), published, "an event was lost");
+    // Each key's events were applied in order on each member.
+    for by in [&by_first, &by_second] {
+        let mut last: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+        for (key, seq) in by {
+            let previous = last.insert(key, *seq);
+            assert!(
+                previous.is_none_or(|previous| previous < *seq),
+                "{key} applied out of order"
+            );
+        }
+    }
+    eprintln!(
+        "{published} events: {} applied by the first member, {} by the second",
+        by_first.len(),
+        by_second.len()
+    );
     Ok(())
 }

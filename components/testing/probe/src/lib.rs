@@ -2,9 +2,10 @@
 //! on demand and records the events it receives, so that tests can check
 //! delivery order, dead letters and replays.
 //!
-//! - `POST /probe/publish` `{"keys","count","poison"}`: publishes `count`
-//!   events on its own topic (its name), round-robin over `keys` keys, each
-//!   with a per-key sequence number, in one transaction.
+//! - `POST /probe/publish` `{"keys","count","poison","from"}`: publishes
+//!   `count` events on its own topic (its name), round-robin over `keys`
+//!   keys, each with a per-key sequence number counted from `from` (0), in
+//!   one transaction.
 //! - `POST /probe/fix`: from now on, poisoned events are accepted.
 //! - `GET /probe/seen`: what the handler applied, in order.
 //! - `POST /probe/fill` `{"size"}` and `/probe/free`: fill the database up
@@ -95,6 +96,8 @@ struct PublishRequest {
     count: u32,
     #[serde(default)]
     poison: bool,
+    #[serde(default)]
+    from: i64,
 }
 
 fn publish_many(request: &Request, _: &Params) -> Result<Response, Error> {
@@ -102,7 +105,7 @@ fn publish_many(request: &Request, _: &Params) -> Result<Response, Error> {
     let keys = request.keys.max(1);
     for i in 0..request.count {
         let payload = Payload {
-            seq: (i / keys).into(),
+            seq: request.from + i64::from(i / keys),
             poison: request.poison,
         };
         publish(format!("k{}", i % keys), &Probed::Probed(payload))?;

@@ -13,11 +13,16 @@
 //!   by a new one (a new producer id), and the relay's next try goes
 //!   through that. (tansu fences a producer whose epoch librdkafka bumped
 //!   after a request timed out.)
-//! - Each subscribing component is the consumer group `<prefix><name>`;
-//!   its dispatcher reads every partition of a topic from the positions it
-//!   holds, and commits them to the group. Our offsets are Kafka's plus
-//!   one, so a position (the last offset done) is Kafka's committed offset
-//!   (the next to read).
+//! - Each subscribing component is the consumer group `<prefix><name>`,
+//!   which each of its dispatchers joins (`subscribe`): alone, it holds
+//!   every partition; beside other hosts running the component, the group
+//!   splits the partitions among them, and a rebalance loses no event and
+//!   applies none twice (see `reader.rs`). A dispatcher reads the
+//!   partitions it holds from its positions and commits them to the group.
+//!   Our offsets are Kafka's plus one, so a position (the last offset done)
+//!   is Kafka's committed offset (the next to read). A host that dies
+//!   holds its partitions until its session times out (6 s), so a host
+//!   restarted after a crash waits that long for them.
 //! - Retention is the broker's: `prune` deletes nothing and topics have no
 //!   byte count here.
 
@@ -34,23 +39,29 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use std::sync::Arc;
 use tokio::sync::watch;
 
-use self::reader::{Reader, Take};
-use super::log::{Appended, Envelope, EventBus, Keep, Offsets, PartitionStats, Record};
+use self::reader::{Member, Reader, Take};
+use self::records::{produce, to_record};
+use super::log::{Appended, Envelope, EventBus, Keep, Offsets, PartitionStats, Reassigned, Record};
 use crate::config::Bus;
 
 mod reader;
+mod records;
 
 /// How long a read waits for a first event before it answers "none yet".
 const FIRST_EVENT_WAIT: Duration = Duration::from_millis(250);
 /// How long the broker may hold a fetch with nothing to answer: an event
 /// appended meanwhile may wait for the next one.
 const FETCH_WAIT_MS: &str = "50";
+/// How long a group waits for a member that stopped heartbeating before it
+/// hands the member's partitions to the others.
+const SESSION_TIMEOUT_MS: &str = "6000";
+const HEARTBEAT_MS: &str = "1000";
 /// How long a request about metadata, offsets or watermarks may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an event may wait for the broker before its append fails (and
@@ -59,6 +70,9 @@ const DELIVERY_TIMEOUT_MS: &str = "10000";
 
 pub struct KafkaBus {
     client: ClientConfig,
+    /// The settings of every group member this host makes.
+    consumer_config: ClientConfig,
+
     prefix: String,
     partitions: u32,
     /// Its settings, to make a new one after a fatal error.
@@ -86,6 +100,16 @@ impl KafkaBus {
     pub fn new(settings: &Bus) -> anyhow::Result<KafkaBus> {
         let mut client = ClientConfig::new();
         client.set("bootstrap.servers", settings.brokers.as_deref().unwrap_or_default());
+        let mut consumer = client.clone();
+        consumer
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+            // A member that stops heartbeating (a host killed) has its
+            // partitions handed to the others after this long.
+            .set("session.timeout.ms", SESSION_TIMEOUT_MS)
+            .set("heartbeat.interval.ms", HEARTBEAT_MS);
         let mut producer = client.clone();
         producer
             .set("enable.idempotence", "true")
@@ -101,6 +125,7 @@ impl KafkaBus {
         // Settings of `[bus.client]` go last: the operator's word wins.
         for (key, value) in &settings.client {
             client.set(key, value);
+            consumer.set(key, value);
             producer.set(key, value);
         }
         let producer_config = producer;
@@ -109,6 +134,7 @@ impl KafkaBus {
         Ok(KafkaBus {
             meta: Arc::new(meta),
             client,
+            consumer_config: consumer,
             prefix: settings.topic_prefix.clone(),
             partitions: settings.partitions,
             producer_config,
@@ -150,25 +176,26 @@ impl KafkaBus {
         Ok(())
     }
 
+    /// The reader of `consumer` for `topic`: a member of the group
+    /// `<prefix><consumer>`, which it joins here.
     fn reader(&self, consumer: &str, topic: &str) -> anyhow::Result<Shared<Reader>> {
         let mut readers = self.readers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let key = (consumer.to_string(), topic.to_string());
         if let Some(reader) = readers.get(&key) {
             return Ok(reader.clone());
         }
-        let consumer: StreamConsumer = self
-            .client
+        let name = self.name(topic);
+        let consumer: StreamConsumer<Member> = self
+            .consumer_config
             .clone()
             .set("group.id", format!("{}{consumer}", self.prefix))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", FETCH_WAIT_MS)
-            .create()
+            .create_with_context(Member::new(name.clone()))
             .context("cannot create a Kafka consumer")?;
+        consumer.subscribe(&[&name]).context("cannot join the consumer group")?;
         let reader = Arc::new(tokio::sync::Mutex::new(Reader {
             consumer: Arc::new(consumer),
-            next: None,
+            read: Offsets::new(),
+            generation: 0,
             missing: HashMap::new(),
         }));
         readers.insert(key, reader.clone());
@@ -193,6 +220,38 @@ impl KafkaBus {
                 .insert(topic.to_string(), count);
         }
         Ok(count)
+    }
+
+    /// Puts `reader` where the dispatcher stands: each partition it holds
+    /// whose next record is not the one after `from` is sought there (after
+    /// a failure held a partition back, a rewind, a record out of order).
+    async fn seek(&self, reader: &mut Reader, topic: &str, from: &Offsets) -> anyhow::Result<()> {
+        let consumer = reader.consumer.clone();
+        let held: Vec<u32> = {
+            let mut share = consumer.context().share();
+            share.done.clone_from(from);
+            share.held.keys().copied().collect()
+        };
+        let astray: Offsets = held
+            .into_iter()
+            .map(|partition| (partition, from.get(&partition).copied().unwrap_or(0)))
+            .filter(|(partition, at)| reader.read.get(partition) != Some(at))
+            .collect();
+        if astray.is_empty() {
+            return Ok(());
+        }
+        let list = self.list(topic, &astray)?;
+        let sought = blocking(move || Ok(consumer.seek_partitions(list, ASK_TIMEOUT)?)).await?;
+        for element in sought.elements() {
+            let partition = element.partition() as u32;
+            match element.error() {
+                Ok(()) => {
+                    reader.read.insert(partition, astray[&partition]);
+                }
+                Err(err) => tracing::debug!(topic, partition, cause = %err, "cannot seek yet; trying at the next read"),
+            }
+        }
+        Ok(())
     }
 
     /// `positions` as Kafka offsets of `topic`'s partitions.
@@ -261,20 +320,23 @@ impl EventBus for KafkaBus {
         let from: Offsets = (0..count)
             .map(|partition| (partition, after.get(&partition).copied().unwrap_or(0)))
             .collect();
-        // The consumer goes on where the last read stopped; anywhere else
-        // (a partition held back by a failure, a rewind) it is assigned
-        // anew at the positions asked for.
-        if reader.next.as_ref() != Some(&from) {
-            reader.consumer.assign(&self.list(topic, &from)?)?;
-            reader.next = Some(from);
-        }
+        self.seek(&mut reader, topic, &from).await?;
         let mut records = Vec::new();
         let consumer = reader.consumer.clone();
+        // The group's callbacks run within `recv`: a record received after
+        // they changed the partitions held is of the new share, though
+        // read in this one, and its partition is sought again.
+        let reassigned = |generation| consumer.context().share().generation != generation;
+        let mut astray = None;
         let mut message = match tokio::time::timeout(FIRST_EVENT_WAIT, consumer.recv()).await {
             Ok(message) => Some(message?.detach()),
             Err(_) => None,
         };
         while let Some(owned) = message.take() {
+            if reassigned(reader.generation) {
+                astray = Some(owned.partition() as u32);
+                break;
+            }
             let record = to_record(&owned, topic)?;
             match reader.take(&record) {
                 Take::Yes => records.push(record),
@@ -296,6 +358,16 @@ impl EventBus for KafkaBus {
                 Some(message) => Some(message?.detach()),
                 None => None,
             };
+        }
+        if reassigned(reader.generation) {
+            // What this read took is void, and so is the dispatcher's view.
+            let share = consumer.context().share();
+            reader.generation = share.generation;
+            reader.read = share.held.clone();
+            if let Some(partition) = astray {
+                reader.read.remove(&partition);
+            }
+            return Err(Reassigned.into());
         }
         Ok(records)
     }
@@ -320,14 +392,35 @@ impl EventBus for KafkaBus {
     async fn commit(&self, consumer: &str, topic: &str, positions: &Offsets) -> anyhow::Result<()> {
         let reader = self.reader(consumer, topic)?;
         let consumer = reader.lock().await.consumer.clone();
-        let list = self.list(topic, positions)?;
+        // Only where this member holds the partition: another member's
+        // position there is newer than ours.
+        let held: Offsets = {
+            let mut share = consumer.context().share();
+            let held: Offsets = positions
+                .iter()
+                .filter(|(partition, _)| share.held.contains_key(partition))
+                .map(|(&partition, &position)| (partition, position))
+                .collect();
+            share.done.extend(&held);
+            held
+        };
+        if held.is_empty() {
+            return Ok(());
+        }
+        let list = self.list(topic, &held)?;
         blocking(move || Ok(consumer.commit(&list, CommitMode::Sync)?)).await
     }
 
+    /// Commits offset 0 in every partition, whoever holds it: the group
+    /// starts over.
     async fn rewind(&self, consumer: &str, topic: &str) -> anyhow::Result<()> {
+        let reader = self.reader(consumer, topic)?;
+        let consumer = reader.lock().await.consumer.clone();
         let count = self.count(topic).await?;
         let start: Offsets = (0..count).map(|partition| (partition, 0)).collect();
-        self.commit(consumer, topic, &start).await
+        consumer.context().share().done.extend(&start);
+        let list = self.list(topic, &start)?;
+        blocking(move || Ok(consumer.commit(&list, CommitMode::Sync)?)).await
     }
 
     fn watch(&self, topic: &str) -> watch::Receiver<u64> {
@@ -372,102 +465,25 @@ impl EventBus for KafkaBus {
     fn ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
-}
 
-/// Produces `events` (to the broker's `name` of their topics) and waits
-/// until the broker acknowledged every one: enqueued in order (one key's
-/// events keep theirs), then awaited.
-async fn produce(producer: &FutureProducer, events: &[Envelope], name: impl Fn(&str) -> String) -> anyhow::Result<()> {
-    let mut deliveries = Vec::with_capacity(events.len());
-    for event in events {
-        let name = name(&event.topic);
-        let record = FutureRecord::to(&name)
-            .key(&event.key)
-            .payload(&event.payload)
-            .timestamp(event.time as i64)
-            .headers(headers(event));
-        match producer.send_result(record) {
-            Ok(delivery) => deliveries.push(delivery),
-            Err((err, _)) => return Err(err).context("cannot hand an event to the Kafka producer"),
-        }
-    }
-    for delivery in deliveries {
-        match delivery.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((err, _))) => return Err(err).context("the broker did not take an event"),
-            Err(_) => anyhow::bail!("the Kafka producer went away"),
-        }
-    }
-    Ok(())
-}
-
-fn headers(event: &Envelope) -> OwnedHeaders {
-    let time = event.time.to_string();
-    let version = event.schema_version.to_string();
-    let mut headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "id",
-            value: Some(&event.id),
+    /// Leaves every group: closing a consumer commits its positions and
+    /// gives its partitions up (see [`Member`]).
+    async fn close(&self) {
+        let readers: Vec<Shared<Reader>> = self
+            .readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .drain()
+            .map(|(_, reader)| reader)
+            .collect();
+        let count = readers.len();
+        let _ = blocking(move || {
+            drop(readers);
+            Ok(())
         })
-        .insert(Header {
-            key: "type",
-            value: Some(&event.event_type),
-        })
-        .insert(Header {
-            key: "source",
-            value: Some(&event.source),
-        })
-        .insert(Header {
-            key: "time",
-            value: Some(&time),
-        })
-        .insert(Header {
-            key: "schema-version",
-            value: Some(&version),
-        });
-    if let Some(request_id) = &event.request_id {
-        headers = headers.insert(Header {
-            key: "request-id",
-            value: Some(request_id),
-        });
+        .await;
+        tracing::info!(groups = count, "left the consumer groups");
     }
-    headers
-}
-
-/// A record as an event of `topic` (its name without the prefix).
-fn to_record(message: &OwnedMessage, topic: &str) -> anyhow::Result<Record> {
-    let mut fields: HashMap<&str, String> = HashMap::new();
-    if let Some(headers) = message.headers() {
-        for header in headers.iter() {
-            let value = header.value.map(String::from_utf8_lossy).unwrap_or_default();
-            fields.insert(header.key, value.into_owned());
-        }
-    }
-    let mut field = |name: &str| {
-        fields
-            .remove(name)
-            .with_context(|| format!("a record of {topic} without the header `{name}`"))
-    };
-    let text = |bytes: Option<&[u8]>| String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned();
-    let event = Envelope {
-        id: field("id")?,
-        topic: topic.to_string(),
-        key: text(message.key()),
-        event_type: field("type")?,
-        source: field("source")?,
-        time: field("time")?.parse().context("a record's time is not a number")?,
-        schema_version: field("schema-version")?
-            .parse()
-            .context("a record's schema version is not a number")?,
-        payload: text(message.payload()),
-        request_id: field("request-id").ok(),
-    };
-    Ok(Record {
-        partition: message.partition() as u32,
-        // Ours count from 1: a position is then Kafka's committed offset.
-        offset: message.offset() as u64 + 1,
-        event,
-    })
 }
 
 /// Runs a blocking librdkafka call off the async workers.
