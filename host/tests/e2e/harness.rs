@@ -44,7 +44,11 @@ fn builder_as(sub: &str, roles: &[&str]) -> reqwest::ClientBuilder {
     let mut headers = reqwest::header::HeaderMap::new();
     let bearer = format!("Bearer {}", token(sub, roles));
     headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().expect("a header value"));
-    reqwest::Client::builder().default_headers(headers)
+    reqwest::Client::builder()
+        .default_headers(headers)
+        // Below the host's `idle_timeout_ms` (5 s): a connection the host
+        // closed for idling is never reused.
+        .pool_idle_timeout(Duration::from_secs(2))
 }
 
 /// [`client`]'s builder, for other settings.
