@@ -54,6 +54,27 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Stops the broker's process where it stands (SIGSTOP): it answers
+    /// nothing, and its connections stay open, until [`Broker::resume`].
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a paused broker go on (SIGCONT), with everything it held.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} failed: {status}");
+        Ok(())
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();

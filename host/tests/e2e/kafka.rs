@@ -64,6 +64,45 @@ async fn orders_are_taken_while_the_broker_is_away_and_delivered_once_when_it_re
     Ok(())
 }
 
+/// Places `count` orders of one `car`, one every 100 ms; each is paid.
+async fn order_every_100_ms(host: &Host, car: u64, count: usize) -> anyhow::Result<()> {
+    for _ in 0..count {
+        let order = host.order(car, 1).await?;
+        assert_eq!(order["status"], "PAID", "{order}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn orders_taken_while_the_broker_is_stopped_are_delivered_once_it_goes_on() -> anyhow::Result<()> {
+    let broker = Broker::start()?;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let host = Host::start_with(&on_broker(&runtime_toml(), &data, &broker.address)?, &data)?;
+    let car = host.car("Ioniq", 100).await?;
+    wait_for(&host, &format!("/availability/{car}"), "available", json!(100)).await?;
+
+    // Orders go on, one every 100 ms, before, while and after the broker's
+    // process is stopped: longer than an event may wait for the broker
+    // (10 s), so appends in flight fail and are tried again.
+    order_every_100_ms(&host, car, 10).await?;
+    broker.pause()?;
+    let stopped = std::time::Instant::now();
+    order_every_100_ms(&host, car, 30).await?;
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(stopped.elapsed())).await;
+    broker.resume()?;
+    order_every_100_ms(&host, car, 10).await?;
+
+    reaches(&host, &format!("/availability/{car}"), "available", json!(50)).await?;
+    let summary = eventually("the books to balance", Duration::from_secs(60), || books_balance(&host)).await?;
+    eprintln!("{summary}");
+    let orders = host.all("/orders").await?;
+    assert_eq!(orders.len(), 50);
+    assert!(orders.iter().all(|order| order["status"] == "RESERVED"), "{orders:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_host_started_without_its_broker_serves_and_catches_up_when_it_comes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -184,22 +184,27 @@ impl KafkaBus {
         if let Some(reader) = readers.get(&key) {
             return Ok(reader.clone());
         }
-        let name = self.name(topic);
-        let consumer: StreamConsumer<Member> = self
-            .consumer_config
-            .clone()
-            .set("group.id", format!("{}{consumer}", self.prefix))
-            .create_with_context(Member::new(name.clone()))
-            .context("cannot create a Kafka consumer")?;
-        consumer.subscribe(&[&name]).context("cannot join the consumer group")?;
         let reader = Arc::new(tokio::sync::Mutex::new(Reader {
-            consumer: Arc::new(consumer),
+            consumer: Arc::new(self.join(consumer, topic)?),
             read: Offsets::new(),
             generation: 0,
             missing: HashMap::new(),
         }));
         readers.insert(key, reader.clone());
         Ok(reader)
+    }
+
+    /// A new member of `consumer`'s group, reading `topic`.
+    fn join(&self, consumer: &str, topic: &str) -> anyhow::Result<StreamConsumer<Member>> {
+        let name = self.name(topic);
+        let member: StreamConsumer<Member> = self
+            .consumer_config
+            .clone()
+            .set("group.id", format!("{}{consumer}", self.prefix))
+            .create_with_context(Member::new(name.clone()))
+            .context("cannot create a Kafka consumer")?;
+        member.subscribe(&[&name]).context("cannot join the consumer group")?;
+        Ok(member)
     }
 
     /// How many partitions `topic` has, asked of the broker once.
@@ -312,6 +317,18 @@ impl EventBus for KafkaBus {
     async fn read(&self, consumer: &str, topic: &str, after: &Offsets, limit: usize) -> anyhow::Result<Vec<Record>> {
         let reader = self.reader(consumer, topic)?;
         let mut reader = reader.lock().await;
+        if reader.consumer.context().stuck() {
+            // Seen on tansu after the broker stalled past the session
+            // timeout: a group that never takes its member back.
+            tracing::warn!(
+                topic,
+                "the consumer group has not taken this member back; joining it anew"
+            );
+            let stuck = std::mem::replace(&mut reader.consumer, Arc::new(self.join(consumer, topic)?));
+            (reader.read, reader.generation) = (Offsets::new(), 0);
+            tokio::task::spawn_blocking(move || drop(stuck));
+            return Err(Reassigned.into());
+        }
         let count = self.count(topic).await?;
         if count == 0 {
             // Not on the broker yet: `prepare` is still trying.

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, RebalanceProtocol, StreamConsumer};
@@ -93,7 +94,6 @@ pub(super) struct Member {
     share: Mutex<Share>,
 }
 
-#[derive(Default)]
 pub(super) struct Share {
     /// Per partition held, the offset it started from when given.
     pub(super) held: Offsets,
@@ -101,14 +101,34 @@ pub(super) struct Share {
     pub(super) generation: u64,
     /// The dispatcher's positions: everything up to them is applied.
     pub(super) done: Offsets,
+    /// Since when the member waits for the group to give it partitions
+    /// (joining, or after partitions were taken).
+    joining_since: Option<Instant>,
 }
+
+/// How long a member may wait for the group to give it partitions (none
+/// is fine, but an answer) before it counts as stuck.
+const JOIN_PATIENCE: Duration = Duration::from_secs(20);
 
 impl Member {
     pub(super) fn new(topic: String) -> Member {
         Member {
             topic,
-            share: Mutex::default(),
+            share: Mutex::new(Share {
+                held: Offsets::new(),
+                generation: 0,
+                done: Offsets::new(),
+                joining_since: Some(Instant::now()),
+            }),
         }
+    }
+
+    /// Whether the group has left this member waiting for partitions too
+    /// long: a new member should join instead.
+    pub(super) fn stuck(&self) -> bool {
+        self.share()
+            .joining_since
+            .is_some_and(|since| since.elapsed() > JOIN_PATIENCE)
     }
 
     pub(super) fn share(&self) -> MutexGuard<'_, Share> {
@@ -191,18 +211,24 @@ impl ConsumerContext for Member {
                 for partition in offsets(partitions).keys() {
                     share.held.remove(partition);
                 }
+                share.joining_since.get_or_insert_with(Instant::now);
                 tracing::info!(topic = %self.topic, held = ?share.held, "partitions taken from this member");
                 gone
             }
             other => {
                 tracing::warn!(topic = %self.topic, cause = ?other, "the consumer group failed to rebalance");
-                self.share().held.clear();
+                let mut share = self.share();
+                share.held.clear();
+                share.joining_since.get_or_insert_with(Instant::now);
+                drop(share);
                 consumer.unassign()
             }
         };
         if let Err(err) = outcome {
             tracing::error!(topic = %self.topic, cause = %err, "cannot take the consumer group's assignment");
-            self.share().held.clear();
+            let mut share = self.share();
+            share.held.clear();
+            share.joining_since.get_or_insert_with(Instant::now);
         }
         self.share().generation += 1;
     }
