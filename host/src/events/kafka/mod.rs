@@ -226,47 +226,6 @@ impl KafkaBus {
         }
         Ok(count)
     }
-
-    /// Puts `reader` where the dispatcher stands: each partition it holds
-    /// whose next record is not the one after `from` is sought there (after
-    /// a failure held a partition back, a rewind, a record out of order).
-    async fn seek(&self, reader: &mut Reader, topic: &str, from: &Offsets) -> anyhow::Result<()> {
-        let consumer = reader.consumer.clone();
-        let held: Vec<u32> = {
-            let mut share = consumer.context().share();
-            share.done.clone_from(from);
-            share.held.keys().copied().collect()
-        };
-        let astray: Offsets = held
-            .into_iter()
-            .map(|partition| (partition, from.get(&partition).copied().unwrap_or(0)))
-            .filter(|(partition, at)| reader.read.get(partition) != Some(at))
-            .collect();
-        if astray.is_empty() {
-            return Ok(());
-        }
-        let list = self.list(topic, &astray)?;
-        let sought = blocking(move || Ok(consumer.seek_partitions(list, ASK_TIMEOUT)?)).await?;
-        for element in sought.elements() {
-            let partition = element.partition() as u32;
-            match element.error() {
-                Ok(()) => {
-                    reader.read.insert(partition, astray[&partition]);
-                }
-                Err(err) => tracing::debug!(topic, partition, cause = %err, "cannot seek yet; trying at the next read"),
-            }
-        }
-        Ok(())
-    }
-
-    /// `positions` as Kafka offsets of `topic`'s partitions.
-    fn list(&self, topic: &str, positions: &Offsets) -> anyhow::Result<TopicPartitionList> {
-        let mut list = TopicPartitionList::new();
-        for (&partition, &position) in positions {
-            list.add_partition_offset(&self.name(topic), partition as i32, Offset::Offset(position as i64))?;
-        }
-        Ok(list)
-    }
 }
 
 #[async_trait]
@@ -337,7 +296,7 @@ impl EventBus for KafkaBus {
         let from: Offsets = (0..count)
             .map(|partition| (partition, after.get(&partition).copied().unwrap_or(0)))
             .collect();
-        self.seek(&mut reader, topic, &from).await?;
+        reader.seek(&self.name(topic), &from).await?;
         let mut records = Vec::new();
         let consumer = reader.consumer.clone();
         // The group's callbacks run within `recv`: a record received after
@@ -394,7 +353,7 @@ impl EventBus for KafkaBus {
         let consumer = reader.lock().await.consumer.clone();
         let count = self.count(topic).await?;
         let all: Offsets = (0..count).map(|partition| (partition, 0)).collect();
-        let list = self.list(topic, &all)?;
+        let list = list(&self.name(topic), &all)?;
         let committed = blocking(move || Ok(consumer.committed_offsets(list, ASK_TIMEOUT)?)).await?;
         Ok(committed
             .elements()
@@ -424,7 +383,7 @@ impl EventBus for KafkaBus {
         if held.is_empty() {
             return Ok(());
         }
-        let list = self.list(topic, &held)?;
+        let list = list(&self.name(topic), &held)?;
         blocking(move || Ok(consumer.commit(&list, CommitMode::Sync)?)).await
     }
 
@@ -436,7 +395,7 @@ impl EventBus for KafkaBus {
         let count = self.count(topic).await?;
         let start: Offsets = (0..count).map(|partition| (partition, 0)).collect();
         consumer.context().share().done.extend(&start);
-        let list = self.list(topic, &start)?;
+        let list = list(&self.name(topic), &start)?;
         blocking(move || Ok(consumer.commit(&list, CommitMode::Sync)?)).await
     }
 
@@ -501,6 +460,15 @@ impl EventBus for KafkaBus {
         .await;
         tracing::info!(groups = count, "left the consumer groups");
     }
+}
+
+/// `positions` as Kafka offsets of the broker's topic `name`.
+fn list(name: &str, positions: &Offsets) -> anyhow::Result<TopicPartitionList> {
+    let mut list = TopicPartitionList::new();
+    for (&partition, &position) in positions {
+        list.add_partition_offset(name, partition as i32, Offset::Offset(position as i64))?;
+    }
+    Ok(list)
 }
 
 /// Runs a blocking librdkafka call off the async workers.

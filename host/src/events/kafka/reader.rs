@@ -20,7 +20,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::ASK_TIMEOUT;
+use super::{ASK_TIMEOUT, blocking, list};
 use crate::events::log::{Offsets, Record};
 
 /// A group member reading one topic.
@@ -51,6 +51,40 @@ pub(super) enum Take {
 const SKIPS_BEFORE_MISSING: u32 = 3;
 
 impl Reader {
+    /// Puts the reader where the dispatcher stands: each partition it holds
+    /// whose next record is not the one after `from` is sought there (after
+    /// a failure held a partition back, a rewind, a record out of order).
+    pub(super) async fn seek(&mut self, name: &str, from: &Offsets) -> anyhow::Result<()> {
+        let consumer = self.consumer.clone();
+        let held: Vec<u32> = {
+            let mut share = consumer.context().share();
+            share.done.clone_from(from);
+            share.held.keys().copied().collect()
+        };
+        let astray: Offsets = held
+            .into_iter()
+            .map(|partition| (partition, from.get(&partition).copied().unwrap_or(0)))
+            .filter(|(partition, at)| self.read.get(partition) != Some(at))
+            .collect();
+        if astray.is_empty() {
+            return Ok(());
+        }
+        let list = list(name, &astray)?;
+        let sought = blocking(move || Ok(consumer.seek_partitions(list, ASK_TIMEOUT)?)).await?;
+        for element in sought.elements() {
+            let partition = element.partition() as u32;
+            match element.error() {
+                Ok(()) => {
+                    self.read.insert(partition, astray[&partition]);
+                }
+                Err(err) => {
+                    tracing::debug!(topic = name, partition, cause = %err, "cannot seek yet; trying at the next read")
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Offsets of a partition follow each other (our producer is
     /// idempotent, not transactional, and topics are not compacted), and
     /// a position must never pass a record not delivered: a record out of
