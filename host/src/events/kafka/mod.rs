@@ -62,6 +62,8 @@ const FETCH_WAIT_MS: &str = "50";
 /// hands the member's partitions to the others.
 const SESSION_TIMEOUT_MS: &str = "6000";
 const HEARTBEAT_MS: &str = "1000";
+/// How long the host waits, when it stops, for its members to leave.
+const LEAVE_WAIT: Duration = Duration::from_secs(5);
 /// How long a request about metadata, offsets or watermarks may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an event may wait for the broker before its append fails (and
@@ -453,11 +455,19 @@ impl EventBus for KafkaBus {
             .map(|(_, reader)| reader)
             .collect();
         let count = readers.len();
-        let _ = blocking(move || {
+        // On a thread of its own, so that a broker that does not answer
+        // delays the host's exit by LEAVE_WAIT at most.
+        let (left, leaving) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
             drop(readers);
-            Ok(())
-        })
-        .await;
+            let _ = left.send(());
+        });
+        if tokio::time::timeout(LEAVE_WAIT, leaving).await.is_err() {
+            return tracing::warn!(
+                groups = count,
+                "the consumer groups were not left in time; the broker will drop this host's members"
+            );
+        }
         tracing::info!(groups = count, "left the consumer groups");
     }
 }
