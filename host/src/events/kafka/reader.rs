@@ -140,6 +140,14 @@ pub(super) struct Share {
     joining_since: Option<Instant>,
 }
 
+impl Share {
+    /// Holds no partition, and waits for the group to give some.
+    fn hold_nothing(&mut self) {
+        self.held.clear();
+        self.joining_since.get_or_insert_with(Instant::now);
+    }
+}
+
 /// How long a member may wait for the group to give it partitions (none
 /// is fine, but an answer) before it counts as stuck.
 const JOIN_PATIENCE: Duration = Duration::from_secs(20);
@@ -251,18 +259,13 @@ impl ConsumerContext for Member {
             }
             other => {
                 tracing::warn!(topic = %self.topic, cause = ?other, "the consumer group failed to rebalance");
-                let mut share = self.share();
-                share.held.clear();
-                share.joining_since.get_or_insert_with(Instant::now);
-                drop(share);
+                self.share().hold_nothing();
                 consumer.unassign()
             }
         };
         if let Err(err) = outcome {
             tracing::error!(topic = %self.topic, cause = %err, "cannot take the consumer group's assignment");
-            let mut share = self.share();
-            share.held.clear();
-            share.joining_since.get_or_insert_with(Instant::now);
+            self.share().hold_nothing();
         }
         self.share().generation += 1;
     }
