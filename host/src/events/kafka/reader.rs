@@ -148,9 +148,10 @@ impl Share {
     }
 }
 
-/// How long a member may wait for the group to give it partitions (none
-/// is fine, but an answer) before it counts as stuck.
-const JOIN_PATIENCE: Duration = Duration::from_secs(20);
+/// How long a member may wait for the group to give it partitions before
+/// it counts as stuck: above the session timeout (6 s), so that a killed
+/// member's partitions are free by the time it joins anew.
+const JOIN_PATIENCE: Duration = Duration::from_secs(10);
 
 impl Member {
     pub(super) fn new(topic: String) -> Member {
@@ -238,6 +239,13 @@ impl ConsumerContext for Member {
                         share.held.clear();
                     }
                     share.held.extend(offsets(&start));
+                    // The group answered. A member given nothing stays on
+                    // watch: on tansu, one that joined while a killed
+                    // member still held every partition is never given
+                    // them when that member's session ends.
+                    if !share.held.is_empty() {
+                        share.joining_since = None;
+                    }
                     tracing::info!(topic = %self.topic, held = ?share.held, "partitions given to this member");
                     Ok(())
                 })
