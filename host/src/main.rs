@@ -31,33 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Loads the components of a runtime.toml and serves their HTTP API.
-    Serve {
-        /// The runtime configuration.
-        #[arg(long, env = "RENTCAR_CONFIG", default_value = "runtime.toml")]
-        config: PathBuf,
-        /// Address to listen on (overrides `server.listen`); port 0 picks a
-        /// free port.
-        #[arg(long, env = "RENTCAR_LISTEN")]
-        listen: Option<SocketAddr>,
-        /// Directory of the databases and the event log (overrides
-        /// `server.data_dir`).
-        #[arg(long, env = "RENTCAR_DATA_DIR")]
-        data_dir: Option<PathBuf>,
-        /// Directory of the compiled components' cache (overrides
-        /// `server.cache_dir`; default: `cache` in the data directory).
-        #[arg(long, env = "RENTCAR_CACHE_DIR")]
-        cache_dir: Option<PathBuf>,
-        /// Bearer token of the admin API (overrides `admin.token`).
-        #[arg(long, env = "RENTCAR_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
-        /// Secret of HS256 tokens (overrides `auth.hs256_secret`).
-        #[arg(long, env = "RENTCAR_JWT_SECRET", hide_env_values = true)]
-        jwt_secret: Option<String>,
-        /// Swap a component in (through the readiness gate) whenever its
-        /// wasm file changes on disk.
-        #[arg(long)]
-        watch: bool,
-    },
+    Serve(Serve),
     /// Deploys a new version of a component to a running host.
     Deploy {
         /// The component to replace, e.g. `payment`.
@@ -96,6 +70,67 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct Serve {
+    /// The runtime configuration.
+    #[arg(long, env = "RENTCAR_CONFIG", default_value = "runtime.toml")]
+    config: PathBuf,
+    /// The node this process is, when the config places components on
+    /// nodes (`[nodes.NAME]`): it runs that node's components.
+    #[arg(long, env = "RENTCAR_NODE")]
+    node: Option<String>,
+    /// Address to listen on (overrides `server.listen`, or the node's
+    /// url); port 0 picks a free port.
+    #[arg(long, env = "RENTCAR_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Directory of the databases and the event log (overrides
+    /// `server.data_dir`).
+    #[arg(long, env = "RENTCAR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Directory of the compiled components' cache (overrides
+    /// `server.cache_dir`; default: `cache` in the data directory).
+    #[arg(long, env = "RENTCAR_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Bearer token of the admin API (overrides `admin.token`).
+    #[arg(long, env = "RENTCAR_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Secret of HS256 tokens (overrides `auth.hs256_secret`).
+    #[arg(long, env = "RENTCAR_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// The secret nodes prove themselves to each other with (overrides
+    /// `cluster.secret`).
+    #[arg(long, env = "RENTCAR_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// Swap a component in (through the readiness gate) whenever its
+    /// wasm file changes on disk.
+    #[arg(long)]
+    watch: bool,
+}
+
+impl Serve {
+    /// The configuration with the command line's overrides.
+    fn config(self) -> anyhow::Result<Config> {
+        let mut config = Config::load(&self.config)?;
+        if let Some(secret) = self.jwt_secret {
+            config.auth.hs256_secret = Some(secret);
+        }
+        if let Some(secret) = self.cluster_secret {
+            config.cluster.secret = Some(secret);
+        }
+        if let Some(data_dir) = self.data_dir {
+            config.server.data_dir = data_dir;
+        }
+        if self.cache_dir.is_some() {
+            config.server.cache_dir = self.cache_dir;
+        }
+        if let Some(token) = self.admin_token {
+            config.admin.token = Some(token);
+        }
+        config.become_node(self.node.as_deref(), self.listen)?;
+        Ok(config)
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -125,16 +160,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let (config, listen, data_dir, cache_dir, admin_token, jwt_secret, watch) = match cli.command {
-        Command::Serve {
-            config,
-            listen,
-            data_dir,
-            cache_dir,
-            admin_token,
-            jwt_secret,
-            watch,
-        } => (config, listen, data_dir, cache_dir, admin_token, jwt_secret, watch),
+    let serve = match cli.command {
+        Command::Serve(serve) => serve,
         Command::Deploy { name, file, url, token } => return deploy(&name, &file, &url, &token).await,
         Command::Token {
             sub,
@@ -156,21 +183,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let mut config = Config::load(&config)?;
-    if let Some(secret) = jwt_secret {
-        config.auth.hs256_secret = Some(secret);
-    }
-    if let Some(listen) = listen {
-        config.server.listen = listen;
-    }
-    if let Some(data_dir) = data_dir {
-        config.server.data_dir = data_dir;
-    }
-    if cache_dir.is_some() {
-        config.server.cache_dir = cache_dir;
-    }
-    if let Some(token) = admin_token {
-        config.admin.token = Some(token);
+    let watch = serve.watch;
+    let config = serve.config()?;
+    if let Some(node) = &config.this_node {
+        tracing::info!(node = %node, components = ?config.local().map(|(name, _)| name).collect::<Vec<_>>(), "this node");
     }
     let addr = config.server.listen;
     let runtime = Runtime::load(config).await?;

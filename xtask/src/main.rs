@@ -44,6 +44,7 @@ const COMPONENTS: &[&str] = &[
     "probe",
     "hostile",
     "broken-payment",
+    "changed-payment",
     "ping",
 ];
 const GUEST_TARGET: &str = "wasm32-wasip2";

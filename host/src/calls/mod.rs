@@ -16,6 +16,7 @@
 mod callee;
 pub mod faults;
 pub mod policy;
+pub mod remote;
 
 pub use callee::{Callee, LocalCallee};
 
@@ -34,19 +35,17 @@ use crate::instance::invocation::Invocation;
 use crate::instance::slot::DeadlineExceeded;
 use crate::store::lacks_storage;
 
-/// Defines the functions of `link.interface` in the caller's linker, after
-/// checking that the callee exports the interface in the expected shape and
-/// that the caller imports it.
+/// Defines `functions` of the link's interface in the caller's linker:
+/// each call goes through `policy` and `faults` to `target`. The link is
+/// checked first ([`check`] for a callee here, [`imported`] and the
+/// callee's node for one elsewhere).
 pub fn define(
     linker: &mut Linker<Invocation>,
-    engine: &Engine,
-    caller: &Component,
-    callee: &Component,
+    functions: Vec<String>,
     policy: Arc<Policy>,
     target: Arc<dyn Callee>,
     faults: Arc<Faults>,
 ) -> anyhow::Result<()> {
-    let functions = check(engine, caller, callee, &policy.link)?;
     let mut instance = linker.instance(&policy.link.interface)?;
     for function in functions {
         let (policy, target, faults) = (policy.clone(), target.clone(), faults.clone());
@@ -82,25 +81,10 @@ pub fn define(
 /// `unavailable(string)`. Returns the functions the caller imports. Used at
 /// start-up and before a new version of either side is let in.
 pub fn check(engine: &Engine, caller: &Component, callee: &Component, link: &Link) -> anyhow::Result<Vec<String>> {
-    let name = format!("link {} -> {} ({})", link.from, link.to, link.interface);
-    let caller_type = caller.component_type();
-    let imported = caller_type
-        .imports(engine)
-        .find(|(import, _)| *import == link.interface);
-    let Some(ComponentItem::ComponentInstance(imported)) = imported.map(|(_, import)| import.ty) else {
-        bail!("{name}: `{}` does not import `{}`", link.from, link.interface);
-    };
-    let wanted = functions(imported.exports(engine).map(|(name, item)| (name, item.ty)));
-    let callee_type = callee.component_type();
-    let exported = callee_type.exports(engine).find(|(name, _)| *name == link.interface);
-    let Some(ComponentItem::ComponentInstance(exported)) = exported.map(|(_, export)| export.ty) else {
-        bail!(
-            "{name}: `{}` cannot serve it: it does not export `{}`",
-            link.to,
-            link.interface
-        );
-    };
-    let offered = functions(exported.exports(engine).map(|(name, item)| (name, item.ty)));
+    let name = link_name(link);
+    let wanted = imported(engine, caller, link)?;
+    let offered =
+        exported(engine, callee, &link.interface).with_context(|| format!("{name}: `{}` cannot serve it", link.to))?;
     for (function, ty) in &wanted {
         let Some((_, served)) = offered.iter().find(|(name, _)| name == function) else {
             bail!("{name}: `{}` does not export function `{function}`", link.to);
@@ -113,9 +97,44 @@ pub fn check(engine: &Engine, caller: &Component, callee: &Component, link: &Lin
                 link.from
             );
         }
-        check_shape(function, served).with_context(|| format!("{name}: function `{function}`"))?;
     }
     Ok(wanted.into_iter().map(|(function, _)| function).collect())
+}
+
+/// The functions `caller` imports through `link`, each checked to return
+/// `result<_, E>` with `E` having a case `unavailable(string)`.
+pub fn imported(engine: &Engine, caller: &Component, link: &Link) -> anyhow::Result<Vec<(String, ComponentFunc)>> {
+    let name = link_name(link);
+    let caller_type = caller.component_type();
+    let imported = caller_type
+        .imports(engine)
+        .find(|(import, _)| *import == link.interface);
+    let Some(ComponentItem::ComponentInstance(imported)) = imported.map(|(_, import)| import.ty) else {
+        bail!("{name}: `{}` does not import `{}`", link.from, link.interface);
+    };
+    let wanted = functions(imported.exports(engine).map(|(name, item)| (name, item.ty)));
+    for (function, ty) in &wanted {
+        check_shape(function, ty).with_context(|| format!("{name}: function `{function}`"))?;
+    }
+    Ok(wanted)
+}
+
+/// The functions of `interface` that `component` exports.
+pub fn exported(
+    engine: &Engine,
+    component: &Component,
+    interface: &str,
+) -> anyhow::Result<Vec<(String, ComponentFunc)>> {
+    let component_type = component.component_type();
+    let exported = component_type.exports(engine).find(|(name, _)| *name == interface);
+    let Some(ComponentItem::ComponentInstance(exported)) = exported.map(|(_, export)| export.ty) else {
+        bail!("it does not export `{interface}`");
+    };
+    Ok(functions(exported.exports(engine).map(|(name, item)| (name, item.ty))))
+}
+
+fn link_name(link: &Link) -> String {
+    format!("link {} -> {} ({})", link.from, link.to, link.interface)
 }
 
 fn functions<'a>(items: impl Iterator<Item = (&'a str, ComponentItem)>) -> Vec<(String, ComponentFunc)> {

@@ -4,6 +4,7 @@
 //! every mistake is reported before the port is bound), and shared as
 //! `Arc<Config>`. Relative paths are resolved against the file's directory.
 
+mod cluster;
 mod gateway;
 mod validate;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use cluster::{Cluster, Node};
 pub use gateway::{Auth, RateLimit};
 
 /// Whether the path prefix `prefix` covers `path` by whole segments:
@@ -56,6 +58,14 @@ pub struct Config {
     /// Per-caller limits on how often routes may be called.
     #[serde(default)]
     pub rate_limits: Vec<RateLimit>,
+    /// Which node runs which component; none: this process runs all.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, Node>,
+    #[serde(default)]
+    pub cluster: Cluster,
+    /// The node this process is (`serve --node`), if there are nodes.
+    #[serde(skip)]
+    pub this_node: Option<String>,
 }
 
 /// Where events travel between components: the embedded log in the data

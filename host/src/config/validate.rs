@@ -9,7 +9,15 @@ use super::{BusKind, Config, ConfigError, Subscription};
 const MAX_LINGER_MS: u64 = 1_000;
 
 /// Paths the host keeps for itself.
-const RESERVED_PREFIXES: &[&str] = &["/admin", "/healthz", "/readyz", "/metrics", "/openapi.json", "/console"];
+const RESERVED_PREFIXES: &[&str] = &[
+    "/admin",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/console",
+    "/_cluster",
+];
 
 impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -149,6 +157,7 @@ impl Config {
                 "[delivery] linger_ms is at most {MAX_LINGER_MS}: every event under load waits up to it"
             ));
         }
+        self.validate_nodes()?;
         self.check_links_acyclic()
     }
 

@@ -99,7 +99,7 @@ pub fn start(pipeline: &Pipeline, token: &CancellationToken, tracker: &TaskTrack
         let outbox = Outbox::new(full.clone());
         tracker.spawn(relay(slot, bus, outbox, linger, token).instrument(span));
     }
-    for (name, settings) in &pipeline.config.components {
+    for (name, settings) in pipeline.config.local() {
         for subscription in &settings.subscribe {
             let topic = subscription.topic();
             let dispatcher = Dispatcher {

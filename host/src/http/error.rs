@@ -30,6 +30,13 @@ pub enum ApiError {
     InsufficientStorage(String),
     #[error("component `{component}` failed")]
     ComponentFailed { component: String, cause: anyhow::Error },
+    /// The node that runs the component could not be reached.
+    #[error("component `{component}` runs on node `{node}`, which cannot be reached; retry shortly")]
+    NodeUnavailable {
+        component: String,
+        node: String,
+        cause: anyhow::Error,
+    },
     /// No valid bearer token where one is needed.
     #[error("{0}")]
     Unauthorized(String),
@@ -66,6 +73,7 @@ impl ApiError {
             ApiError::Deadline(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded"),
             ApiError::InsufficientStorage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage"),
             ApiError::ComponentFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "component-failed"),
+            ApiError::NodeUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "node-unavailable"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
@@ -84,6 +92,9 @@ impl IntoResponse for ApiError {
                 tracing::error!(component = %component, cause = %format!("{cause:#}"), "component failed");
             }
             ApiError::Internal(cause) => tracing::error!(cause = %format!("{cause:#}"), "the host failed"),
+            ApiError::NodeUnavailable { component, node, cause } => {
+                tracing::warn!(component = %component, node = %node, cause = %format!("{cause:#}"), "cannot forward the request");
+            }
             _ => {}
         }
         let (status, code) = self.status_and_code();

@@ -21,7 +21,8 @@ use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 
 use crate::http::error::{ApiError, Failed};
-use crate::http::gateway::{self, Gateway};
+use crate::http::forward::{Forwarded, forward, time_given};
+use crate::http::gateway::{self, FromPeer, Gateway};
 use crate::instance::memory::OverBudget;
 use crate::instance::slot::{DeadlineExceeded, Loaded};
 use crate::runtime::Runtime;
@@ -40,6 +41,7 @@ pub fn router(runtime: Arc<Runtime>, gateway: Arc<Gateway>) -> Router {
         .route("/openapi.json", get(openapi))
         .merge(crate::http::admin::router(runtime.clone(), gateway.clone()))
         .merge(crate::http::console::router())
+        .merge(crate::http::cluster::router(gateway.clone()))
         // The host's own errors (axum's rejections: a bad path parameter, a
         // wrong method, a body over the limit) in the API's JSON shape.
         .route_layer(axum::middleware::map_response(json_errors))
@@ -169,11 +171,24 @@ async fn dispatch(
 
 async fn route(runtime: &Runtime, request: Request, request_id: &str) -> Result<Response, ApiError> {
     let name = runtime.config.route(request.uri().path()).ok_or(ApiError::NoRoute)?;
-    let loaded = runtime
-        .registry
-        .get(name)
-        .ok_or_else(|| ApiError::Unavailable(name.into()))?;
-    let limits = loaded.slot.limits;
+    let limits = runtime.config.components[name].limits;
+    // A request from another node is served here, never sent on again;
+    // it has the time that node gave it.
+    let from_peer = request.extensions().get::<FromPeer>().is_some();
+    let timeout = match from_peer {
+        true => time_given(request.headers(), limits.timeout()),
+        false => limits.timeout(),
+    };
+    let remote = runtime.config.remote(name).filter(|_| !from_peer);
+    let loaded = match remote {
+        Some(_) => None,
+        None => Some(
+            runtime
+                .registry
+                .get(name)
+                .ok_or_else(|| ApiError::Unavailable(name.into()))?,
+        ),
+    };
     let (mut parts, body) = request.into_parts();
     match parts.headers.get(header::HOST) {
         None => {
@@ -205,13 +220,27 @@ async fn route(runtime: &Runtime, request: Request, request_id: &str) -> Result<
     }
     // The body arrives before an instance is taken, and within the deadline:
     // slow senders must not hold the component's instances.
-    let body = read_body(body, limits.max_request_bytes, limits.timeout()).await?;
+    let body = read_body(body, limits.max_request_bytes, timeout).await?;
+    let Some(loaded) = loaded else {
+        let (Some((node_name, node)), Some(peers)) = (remote, &runtime.peers) else {
+            return Err(ApiError::Unavailable(name.into()));
+        };
+        let to = Forwarded {
+            component: name,
+            node_name,
+            node,
+            request_id,
+            timeout: timeout + GRACE,
+            max_response_bytes: limits.max_response_bytes,
+        };
+        return forward(peers, &to, &parts, body).await;
+    };
     let request = hyper::Request::from_parts(parts, Full::new(body));
     // Beyond `max_instances` a request waits for a free instance, within
     // its deadline: a flood of requests costs the host a queue, not CPU.
     let _instance = match loaded.slot.instances.try_acquire() {
         Ok(permit) => permit,
-        Err(_) => match tokio::time::timeout(limits.timeout(), loaded.slot.instances.acquire()).await {
+        Err(_) => match tokio::time::timeout(timeout, loaded.slot.instances.acquire()).await {
             Ok(Ok(permit)) => permit,
             _ => return Err(ApiError::Busy(name.into())),
         },
@@ -226,7 +255,7 @@ async fn route(runtime: &Runtime, request: Request, request_id: &str) -> Result<
         runtime.faults.delay_reply(name).await;
         answer
     };
-    match tokio::time::timeout(limits.timeout() + GRACE, invocation).await {
+    match tokio::time::timeout(timeout + GRACE, invocation).await {
         Ok(result) => result,
         Err(_) => Err(ApiError::Deadline(name.into())),
     }

@@ -25,9 +25,10 @@ use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::calls::faults::Faults;
 use crate::calls::policy::Policy;
-use crate::calls::{self, LocalCallee};
+use crate::calls::remote::{self, Peers, RemoteCallee, Unverified};
+use crate::calls::{self, Callee, LocalCallee};
 use crate::capabilities;
-use crate::config::{BusKind, ComponentConfig, Config};
+use crate::config::{BusKind, ComponentConfig, Config, Link};
 use crate::events::Stats;
 use crate::events::embedded::SqliteBus;
 use crate::events::kafka::KafkaBus;
@@ -47,8 +48,11 @@ pub struct Runtime {
     pub dead_letters: Arc<dyn DeadLetters>,
     pub stats: Arc<Stats>,
     pub faults: Arc<Faults>,
-    /// The call policy of every link, with its circuit.
+    /// The call policy of every link from a component of this node, with
+    /// its circuit.
     pub policies: Vec<Arc<Policy>>,
+    /// The other nodes, when there are.
+    pub peers: Option<Arc<Peers>>,
     /// What all instances may hold in linear memory at once.
     memory: Arc<Budget>,
     engine: Engine,
@@ -84,15 +88,10 @@ impl Runtime {
             .map_err(|err| read_only(err, data_dir))
             .with_context(|| format!("failed to create data directory {}", data_dir.display()))?;
         check_writable(data_dir)?;
-        let max_memory = config
-            .components
-            .values()
-            .map(|c| c.limits.memory_bytes())
-            .max()
-            .unwrap_or(0);
+        let max_memory = config.local().map(|(_, c)| c.limits.memory_bytes()).max().unwrap_or(0);
         // Every component's `max_instances`, and room for the `init` of a
         // version being deployed and a reset, beside them.
-        let instances = config.components.values().map(|c| c.limits.max_instances + 2).sum();
+        let instances = config.local().map(|(_, c)| c.limits.max_instances + 2).sum();
         let engine = engine::build(max_memory, instances, &config.cache_dir())?;
         store::limit_heap(config.server.sqlite_heap_mib * 1024 * 1024);
         let memory = host_memory_budget(&config);
@@ -116,8 +115,13 @@ impl Runtime {
             policies: config
                 .links
                 .iter()
+                .filter(|link| config.runs_here(&link.from))
                 .map(|link| Arc::new(Policy::new(link.clone())))
                 .collect(),
+            peers: match config.cluster_secret() {
+                Some(secret) => Some(Arc::new(Peers::new(secret)?)),
+                None => None,
+            },
             _ticker: EpochTicker::start(engine.clone()),
             engine,
             deploying: tokio::sync::Mutex::new(()),
@@ -193,22 +197,14 @@ impl Runtime {
         let mut linker = Linker::<Invocation>::new(&self.engine);
         capabilities::add_to_linker(&mut linker)?;
         for policy in self.policies.iter().filter(|policy| policy.link.from == name) {
-            let callee = self.registry.entry(&policy.link.to).context("callee loads first")?.0;
-            let link = &policy.link;
-            let target = Arc::new(LocalCallee::new(self.registry.clone(), &link.to, &link.interface));
-            calls::define(
-                &mut linker,
-                &self.engine,
-                &component,
-                callee.component(),
-                policy.clone(),
-                target,
-                self.faults.clone(),
-            )?;
+            let (functions, target) = self.callee(&component, &policy.link).await?;
+            calls::define(&mut linker, functions, policy.clone(), target, self.faults.clone())?;
         }
         for link in self.config.links.iter().filter(|link| link.to == name) {
             if let Some((caller, _)) = self.registry.entry(&link.from) {
                 calls::check(&self.engine, caller.component(), &component, link)?;
+            } else if let (Some(_), Some((running, _))) = (self.config.remote(&link.from), self.registry.entry(&name)) {
+                remote::check_same_export(&self.engine, running.component(), &component, &link.interface)?;
             }
         }
         let pre = linker
@@ -230,11 +226,34 @@ impl Runtime {
         Ok(loaded)
     }
 
+    /// What answers the calls `caller` makes through `link`, once checked,
+    /// and the functions it imports: the callee here, or on its node.
+    async fn callee(&self, caller: &Component, link: &Link) -> anyhow::Result<(Vec<String>, Arc<dyn Callee>)> {
+        let (Some((node_name, node)), Some(peers)) = (self.config.remote(&link.to), &self.peers) else {
+            let callee = self.registry.entry(&link.to).context("callee loads first")?.0;
+            let functions = calls::check(&self.engine, caller, callee.component(), link)?;
+            let local = LocalCallee::new(self.registry.clone(), &link.to, &link.interface);
+            return Ok((functions, Arc::new(local)));
+        };
+        let imported = calls::imported(&self.engine, caller, link)?;
+        let remote = RemoteCallee::new(peers.clone(), node, link, &imported)?;
+        match remote.verify().await {
+            Ok(()) => tracing::info!(to = %link.to, node = node_name, "checked the link against the callee's node"),
+            Err(Unverified::Mismatch(message)) => bail!(message),
+            Err(unreachable @ Unverified::Unreachable(..)) => tracing::warn!(
+                to = %link.to, node = node_name, cause = %unreachable,
+                "cannot check the link yet; every call is checked by the callee's node"
+            ),
+        }
+        let functions = imported.into_iter().map(|(name, _)| name).collect();
+        Ok((functions, Arc::new(remote)))
+    }
+
     /// Where every subscription stands in the log, for the admin API and
     /// the metrics.
     pub async fn subscription_logs(&self) -> anyhow::Result<Vec<SubscriptionLog>> {
         let mut all = Vec::new();
-        for (consumer, settings) in &self.config.components {
+        for (consumer, settings) in self.config.local() {
             for topic in settings.topics() {
                 let positions = match self.stats.get(consumer, topic).positions {
                     Some(positions) => positions,
@@ -269,9 +288,10 @@ impl Runtime {
 /// against the callee's exports. The config has no cycles.
 fn load_order(config: &Config) -> Vec<String> {
     let mut order: Vec<String> = Vec::new();
-    while order.len() < config.components.len() {
-        for name in config.components.keys() {
-            let placed = |n: &String| order.contains(n);
+    let local: Vec<&String> = config.local().map(|(name, _)| name).collect();
+    while order.len() < local.len() {
+        for &name in &local {
+            let placed = |n: &String| order.contains(n) || !config.runs_here(n);
             let ready = config.links.iter().filter(|l| &l.from == name).all(|l| placed(&l.to));
             if !placed(name) && ready {
                 order.push(name.clone());
@@ -350,7 +370,7 @@ fn host_memory_budget(config: &Config) -> usize {
     if let Some(mib) = config.server.memory_budget_mib {
         return usize::try_from(mib).unwrap_or(usize::MAX / MIB) * MIB;
     }
-    let components: usize = config.components.values().map(|c| c.limits.memory_budget_bytes()).sum();
+    let components: usize = config.local().map(|(_, c)| c.limits.memory_budget_bytes()).sum();
     let info = rustix::system::sysinfo();
     let machine = (info.totalram as usize).saturating_mul(info.mem_unit.max(1) as usize);
     components.min(machine / 2).max(MIB)

@@ -20,7 +20,7 @@ const SETTLE: Duration = Duration::from_millis(300);
 pub fn start(runtime: Arc<Runtime>, token: CancellationToken, tracker: &TaskTracker) -> anyhow::Result<()> {
     // (directory, file name) -> component; directories are canonical.
     let mut files: HashMap<(PathBuf, std::ffi::OsString), String> = HashMap::new();
-    for (name, settings) in &runtime.config.components {
+    for (name, settings) in runtime.config.local() {
         let path = settings
             .path
             .canonicalize()

@@ -15,6 +15,9 @@ use crate::broker;
 /// The admin token every test host is started with.
 pub const TOKEN: &str = "test-admin-token";
 
+/// The secret of the nodes, when the tests run hosts on two.
+pub const CLUSTER_SECRET: &str = "the end-to-end tests' cluster secret";
+
 /// The HS256 secret every test host checks tokens with.
 pub const JWT_SECRET: &str = "the end-to-end tests' HS256 secret, not a real one";
 
@@ -143,6 +146,9 @@ pub struct Host {
     pub base: String,
     log: Arc<Mutex<Vec<String>>>,
     client: reqwest::Client,
+    /// On two nodes (`RENTCAR_TEST_NODES=2`): node b, which runs rentcar
+    /// and view; this process is node a, which runs the rest.
+    partner: Option<Box<Host>>,
 }
 
 impl Host {
@@ -182,6 +188,7 @@ impl Host {
             "probe",
             "hostile",
             "broken_payment",
+            "changed_payment",
         ] {
             let wasm = wasm(component);
             if !wasm.exists() {
@@ -198,16 +205,32 @@ impl Host {
         } else {
             config
         };
+        let placed = extra.iter().any(|arg| ["--listen", "--node"].contains(arg));
+        if !placed && let Some(nodes) = split(config, data_dir)? {
+            let partner = Host::launch_one(&nodes, &partner_dir(data_dir), &["--node", "b"], jwt_secret)?;
+            let args = [&["--node", "a"], extra].concat();
+            let mut host = Host::launch_one(&nodes, data_dir, &args, jwt_secret)?;
+            host.partner = Some(Box::new(partner));
+            return Ok(host);
+        }
+        Host::launch_one(config, data_dir, extra, jwt_secret)
+    }
+
+    fn launch_one(config: &Path, data_dir: &Path, extra: &[&str], jwt_secret: Option<&str>) -> anyhow::Result<Host> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_rentcar-host"));
         match jwt_secret {
             Some(secret) => command.env("RENTCAR_JWT_SECRET", secret),
             None => command.env_remove("RENTCAR_JWT_SECRET"),
         };
+        command.arg("serve");
+        // A node listens where the config places it, unless told otherwise.
+        if !extra.iter().any(|arg| ["--listen", "--node"].contains(arg)) {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         let mut child = command
-            .arg("serve")
             .arg("--config")
             .arg(config)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env("RENTCAR_ADMIN_TOKEN", TOKEN)
@@ -258,6 +281,7 @@ impl Host {
             base,
             log,
             client: client(),
+            partner: None,
         })
     }
 
@@ -284,7 +308,15 @@ impl Host {
         line.split_whitespace().nth(1)?.parse().ok()
     }
 
+    /// What the host logged (both nodes', on two).
     pub fn log(&self) -> String {
+        match &self.partner {
+            Some(partner) => format!("{}\n---- node b ----\n{}", self.own_log(), partner.log()),
+            None => self.own_log(),
+        }
+    }
+
+    fn own_log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
@@ -302,6 +334,9 @@ impl Host {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(partner) = &mut self.partner {
+            partner.kill();
+        }
     }
 
     /// Sends SIGTERM and waits for the host to exit by itself.
@@ -312,6 +347,9 @@ impl Host {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait()? {
+                if let Some(partner) = &mut self.partner {
+                    partner.terminate()?;
+                }
                 return Ok(status);
             }
             if started.elapsed() > Duration::from_secs(20) {
@@ -417,7 +455,7 @@ impl Drop for Host {
     fn drop(&mut self) {
         self.kill();
         // Captured by the test harness: shown only when the test fails.
-        eprintln!("---- host log ----\n{}", self.log());
+        eprintln!("---- host log ----\n{}", self.own_log());
     }
 }
 
@@ -594,4 +632,67 @@ fn leb128(mut value: usize) -> Vec<u8> {
         }
         out.push(byte | 0x80);
     }
+}
+
+/// `RENTCAR_TEST_NODES=2` runs the suite on two nodes: every host a test
+/// starts from the repository's components is node a (order, payment and
+/// the rest) and node b (rentcar and view), on Kafka.
+fn on_two_nodes() -> bool {
+    std::env::var("RENTCAR_TEST_NODES").as_deref() == Ok("2")
+}
+
+/// Where node b keeps its data, beside node a's.
+pub fn partner_dir(data_dir: &Path) -> PathBuf {
+    data_dir.with_extension("node-b")
+}
+
+/// On two nodes, a copy of `config` (already on Kafka) that places rentcar
+/// and view on node b and the rest on node a, on free ports; `None` when
+/// the suite runs on one node, or `config` is not the system's.
+pub fn split(config: &Path, data_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    if !on_two_nodes() {
+        return Ok(None);
+    }
+    let mut table: toml::Table = std::fs::read_to_string(config)?.parse()?;
+    let Some(components) = table.get("components").and_then(toml::Value::as_table) else {
+        return Ok(None);
+    };
+    let on_b = ["rentcar", "view"];
+    if table.contains_key("nodes") || !on_b.iter().all(|name| components.contains_key(*name)) {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        broker::on_kafka(),
+        "two nodes share their events on Kafka: set RENTCAR_TEST_BUS=kafka"
+    );
+    let on_a: Vec<String> = components
+        .keys()
+        .filter(|name| !on_b.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    let node = |port: u16, components: Vec<String>| {
+        toml::Value::Table(toml::Table::from_iter([
+            (
+                "url".to_string(),
+                toml::Value::String(format!("http://127.0.0.1:{port}")),
+            ),
+            (
+                "components".to_string(),
+                toml::Value::try_from(components).expect("a list"),
+            ),
+        ]))
+    };
+    let nodes = toml::Table::from_iter([
+        ("a".to_string(), node(broker::free_port()?, on_a)),
+        (
+            "b".to_string(),
+            node(broker::free_port()?, on_b.map(String::from).to_vec()),
+        ),
+    ]);
+    table.insert("nodes".into(), toml::Value::Table(nodes));
+    let cluster = toml::Table::from_iter([("secret".to_string(), toml::Value::String(CLUSTER_SECRET.into()))]);
+    table.insert("cluster".into(), toml::Value::Table(cluster));
+    let path = data_dir.with_extension("nodes.toml");
+    std::fs::write(&path, toml::to_string(&table)?)?;
+    Ok(Some(path))
 }

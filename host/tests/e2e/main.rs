@@ -15,6 +15,7 @@ mod guests;
 mod hardening;
 mod kafka;
 mod lifecycle;
+mod nodes;
 mod polyglot;
 mod resilience;
 mod swap;
