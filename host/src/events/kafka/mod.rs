@@ -278,23 +278,25 @@ impl EventBus for KafkaBus {
     async fn read(&self, consumer: &str, topic: &str, after: &Offsets, limit: usize) -> anyhow::Result<Vec<Record>> {
         let reader = self.reader(consumer, topic)?;
         let mut reader = reader.lock().await;
-        if reader.consumer.context().stuck() {
+        let count = self.count(topic).await?;
+        if count == 0 {
+            // Not on the broker yet: `prepare` is still trying.
+            return Ok(Vec::new());
+        }
+        if reader.consumer.context().stuck(count) {
             // Seen on tansu after the broker stalled past the session
-            // timeout: a group that never takes its member back.
+            // timeout, and after a member of the group was killed.
             tracing::warn!(
                 topic,
-                "the consumer group has not taken this member back; joining it anew"
+                partitions = count,
+                "the consumer group has left this member without some partitions; joining it anew"
             );
             let stuck = std::mem::replace(&mut reader.consumer, Arc::new(self.join(consumer, topic)?));
             (reader.read, reader.generation) = (Offsets::new(), 0);
             tokio::task::spawn_blocking(move || drop(stuck));
             return Err(Reassigned.into());
         }
-        let count = self.count(topic).await?;
-        if count == 0 {
-            // Not on the broker yet: `prepare` is still trying.
-            return Ok(Vec::new());
-        }
+
         let from: Offsets = (0..count)
             .map(|partition| (partition, after.get(&partition).copied().unwrap_or(0)))
             .collect();

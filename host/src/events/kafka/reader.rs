@@ -135,21 +135,20 @@ pub(super) struct Share {
     pub(super) generation: u64,
     /// The dispatcher's positions: everything up to them is applied.
     pub(super) done: Offsets,
-    /// Since when the member waits for the group to give it partitions
-    /// (joining, or after partitions were taken).
-    joining_since: Option<Instant>,
+    /// When the member joined, or the group last gave or took partitions.
+    changed_at: Instant,
 }
 
 impl Share {
     /// Holds no partition, and waits for the group to give some.
     fn hold_nothing(&mut self) {
         self.held.clear();
-        self.joining_since.get_or_insert_with(Instant::now);
+        self.changed_at = Instant::now();
     }
 }
 
-/// How long a member may wait for the group to give it partitions before
-/// it counts as stuck: above the session timeout (6 s), so that a killed
+/// How long a member may go without all the topic's partitions before it
+/// counts as stuck: above the session timeout (6 s), so that a killed
 /// member's partitions are free by the time it joins anew.
 const JOIN_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -161,17 +160,21 @@ impl Member {
                 held: Offsets::new(),
                 generation: 0,
                 done: Offsets::new(),
-                joining_since: Some(Instant::now()),
+                changed_at: Instant::now(),
             }),
         }
     }
 
-    /// Whether the group has left this member waiting for partitions too
-    /// long: a new member should join instead.
-    pub(super) fn stuck(&self) -> bool {
-        self.share()
-            .joining_since
-            .is_some_and(|since| since.elapsed() > JOIN_PATIENCE)
+    /// Whether the group has left this member without some of the
+    /// topic's `partitions` for too long: a new member should join instead.
+    /// On tansu the partitions of a member that died (a host killed and
+    /// restarted) are never given to the others when its session ends;
+    /// a join makes the group assign them anew. (Members that share a
+    /// group, each with part of the partitions, thus rejoin every
+    /// `JOIN_PATIENCE`.)
+    pub(super) fn stuck(&self, partitions: u32) -> bool {
+        let share = self.share();
+        share.held.len() < partitions as usize && share.changed_at.elapsed() > JOIN_PATIENCE
     }
 
     pub(super) fn share(&self) -> MutexGuard<'_, Share> {
@@ -239,13 +242,7 @@ impl ConsumerContext for Member {
                         share.held.clear();
                     }
                     share.held.extend(offsets(&start));
-                    // The group answered. A member given nothing stays on
-                    // watch: on tansu, one that joined while a killed
-                    // member still held every partition is never given
-                    // them when that member's session ends.
-                    if !share.held.is_empty() {
-                        share.joining_since = None;
-                    }
+                    share.changed_at = Instant::now();
                     tracing::info!(topic = %self.topic, held = ?share.held, "partitions given to this member");
                     Ok(())
                 })
@@ -261,7 +258,7 @@ impl ConsumerContext for Member {
                 for partition in offsets(partitions).keys() {
                     share.held.remove(partition);
                 }
-                share.joining_since.get_or_insert_with(Instant::now);
+                share.changed_at = Instant::now();
                 tracing::info!(topic = %self.topic, held = ?share.held, "partitions taken from this member");
                 gone
             }
