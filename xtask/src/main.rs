@@ -13,7 +13,8 @@
 //!   test against the real host (the console's in a headless browser), then
 //!   the contract tests (schemathesis, installed into the cache if missing,
 //!   against `host/openapi.json`), and the end-to-end suite again with
-//!   every host's events on tansu.
+//!   every host's events on tansu, then once more with every host split
+//!   into two nodes.
 //! - `cargo xtask contract`: builds, then the contract tests alone.
 //! - `cargo xtask bench`: builds, installs the load generator (oha) if
 //!   missing, and runs the load benchmark against the host, the native
@@ -107,6 +108,28 @@ fn main() -> anyhow::Result<()> {
                 .env("RENTCAR_TANSU", &tansu)
                 .env("RENTCAR_SELENIUM_PYTHON", &selenium)
                 .env("RENTCAR_TEST_BUS", "kafka")
+                .env("RENTCAR_TEST_BROKERS", &broker.address))?;
+            // And on two nodes: rentcar and view on one, the rest on the
+            // other, every request through the first. Skipped: what looks
+            // at one process's own state (its database files, its metrics,
+            // its lists of components and subscriptions).
+            eprintln!("xtask: the end-to-end suite on two nodes (Kafka)");
+            let mut two = cargo();
+            two.args(["test", "--release", "-p", "rentcar-host", "--test", "e2e", "--"]);
+            for one_process in [
+                "events::retention_bounds_the_log_once_events_are_delivered",
+                "api::admin_api_requires_the_token",
+                "events::a_reset_cut_short_by_a_crash_is_finished_at_start_up",
+                "events::resetting_the_view_rebuilds_it_from_the_log",
+                "lifecycle::health_metrics_and_a_request_id_that_follows_the_events",
+            ] {
+                two.args(["--skip", one_process]);
+            }
+            run(two
+                .env("RENTCAR_TANSU", &tansu)
+                .env("RENTCAR_SELENIUM_PYTHON", &selenium)
+                .env("RENTCAR_TEST_BUS", "kafka")
+                .env("RENTCAR_TEST_NODES", "2")
                 .env("RENTCAR_TEST_BROKERS", &broker.address))
         }
         _ => {

@@ -205,8 +205,13 @@ impl Host {
         } else {
             config
         };
+        // A host told where to listen, or on a secret of its own (nodes
+        // check tokens with one key), stays one process.
         let placed = extra.iter().any(|arg| ["--listen", "--node"].contains(arg));
-        if !placed && let Some(nodes) = split(config, data_dir)? {
+        if !placed
+            && jwt_secret.is_some()
+            && let Some(nodes) = split(config, data_dir)?
+        {
             let partner = Host::launch_one(&nodes, &partner_dir(data_dir), &["--node", "b"], jwt_secret)?;
             let args = [&["--node", "a"], extra].concat();
             let mut host = Host::launch_one(&nodes, data_dir, &args, jwt_secret)?;
