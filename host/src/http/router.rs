@@ -175,9 +175,10 @@ async fn route(runtime: &Runtime, request: Request, request_id: &str) -> Result<
     // A request from another node is served here, never sent on again;
     // it has the time that node gave it.
     let from_peer = request.extensions().get::<FromPeer>().is_some();
-    let timeout = match from_peer {
-        true => time_given(request.headers(), limits.timeout()),
-        false => limits.timeout(),
+    let timeout = if from_peer {
+        time_given(request.headers(), limits.timeout())
+    } else {
+        limits.timeout()
     };
     let remote = runtime.config.remote(name).filter(|_| !from_peer);
     let loaded = match remote {

@@ -91,6 +91,36 @@ pub fn runtime_toml_with(dir: &Path, extra: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The repository's components placed on two nodes on free ports (`on_a`
+/// on node a, `on_b` on node b), their events on the Kafka at `brokers`
+/// under a prefix of `dir`'s own; `extra` is appended.
+#[allow(dead_code, reason = "used by the end-to-end tests and the nodes bench")]
+pub fn two_nodes_config(
+    dir: &Path,
+    on_a: &[&str],
+    on_b: &[&str],
+    brokers: &str,
+    extra: &str,
+) -> anyhow::Result<PathBuf> {
+    let list = |names: &[&str]| names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ");
+    let prefix = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("nodes")
+        .replace('.', "");
+    let nodes = format!(
+        "[bus]\nkind = \"kafka\"\nbrokers = {brokers:?}\ntopic_prefix = \"{prefix}.\"\n\n\
+         [cluster]\nsecret = {CLUSTER_SECRET:?}\n\n\
+         [nodes.a]\nurl = \"http://127.0.0.1:{a}\"\ncomponents = [{on_a}]\n\n\
+         [nodes.b]\nurl = \"http://127.0.0.1:{b}\"\ncomponents = [{on_b}]\n\n{extra}",
+        a = broker::free_port()?,
+        b = broker::free_port()?,
+        on_a = list(on_a),
+        on_b = list(on_b),
+    );
+    runtime_toml_with(dir, &nodes)
+}
+
 /// The release build of a component.
 pub fn wasm(name: &str) -> PathBuf {
     root().join(format!("target/wasm32-wasip2/release/{name}.wasm"))

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::broker::{self, free_port};
+use crate::broker;
 use crate::harness::{
-    CLUSTER_SECRET as SECRET, Host, TOKEN, books_balance, client, eventually, runtime_toml_with, wait_for, wasm,
+    CLUSTER_SECRET as SECRET, Host, TOKEN, books_balance, client, eventually, two_nodes_config, wait_for, wasm,
 };
 
 /// Where the components run: node a and node b.
@@ -31,28 +31,8 @@ const PAYMENT_ON_B: Placement = Placement {
     b: &["payment", "rentcar", "view"],
 };
 
-/// A config of the repository's components placed on two nodes on free
-/// ports, their events on the tests' broker under a prefix of their own;
-/// `extra` is appended.
 fn cluster_config(dir: &Path, placement: &Placement, extra: &str) -> anyhow::Result<PathBuf> {
-    let list = |names: &[&str]| names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ");
-    let prefix = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("nodes")
-        .replace('.', "");
-    let nodes = format!(
-        "[bus]\nkind = \"kafka\"\nbrokers = {brokers:?}\ntopic_prefix = \"{prefix}.\"\n\n\
-         [cluster]\nsecret = {SECRET:?}\n\n\
-         [nodes.a]\nurl = \"http://127.0.0.1:{a}\"\ncomponents = [{on_a}]\n\n\
-         [nodes.b]\nurl = \"http://127.0.0.1:{b}\"\ncomponents = [{on_b}]\n\n{extra}",
-        brokers = broker::shared()?,
-        a = free_port()?,
-        b = free_port()?,
-        on_a = list(placement.a),
-        on_b = list(placement.b),
-    );
-    runtime_toml_with(dir, &nodes)
+    two_nodes_config(dir, placement.a, placement.b, &broker::shared()?, extra)
 }
 
 /// Node `name` of `config`, with its data in `dir/name`.

@@ -148,9 +148,10 @@ impl Share {
 }
 
 /// How long a member may go without all the topic's partitions before it
-/// counts as stuck: above the session timeout (6 s), so that a killed
-/// member's partitions are free by the time it joins anew.
-const JOIN_PATIENCE: Duration = Duration::from_secs(10);
+/// counts as stuck: well above the session timeout (6 s), so that a killed
+/// member, or one this host replaced and whose leave tansu has not taken,
+/// is out of the group by the time a new one joins.
+const JOIN_PATIENCE: Duration = Duration::from_secs(20);
 
 impl Member {
     pub(super) fn new(topic: String) -> Member {

@@ -4,6 +4,7 @@
 //! configured token the admin API refuses everything.
 
 mod json;
+mod nodes;
 
 use std::sync::Arc;
 
@@ -17,7 +18,6 @@ use axum::{Json, Router};
 use crate::calls::faults::Fault;
 use crate::events;
 use crate::http::error::ApiError;
-use crate::http::forward::{Forwarded, forward};
 use crate::http::gateway::{FromPeer, Gateway, constant_time_eq};
 use crate::instance::registry::Status;
 use crate::runtime::{DeployError, Runtime};
@@ -25,7 +25,10 @@ use json::{Component, DeadLetter, Subscription};
 
 pub fn router(runtime: Arc<Runtime>, gateway: Arc<Gateway>) -> Router<Arc<Runtime>> {
     Router::new()
-        .route("/admin/components", get(components))
+        .route(
+            "/admin/components",
+            get(components).layer(middleware::from_fn_with_state(runtime.clone(), nodes::from_every_node)),
+        )
         .route(
             "/admin/components/{name}",
             put(deploy)
@@ -35,14 +38,17 @@ pub fn router(runtime: Arc<Runtime>, gateway: Arc<Gateway>) -> Router<Arc<Runtim
         .route("/admin/components/{name}/rollback", post(rollback))
         .route("/admin/components/{name}/stop", post(stop))
         .route("/admin/components/{name}/start", post(start))
-        .route("/admin/subscriptions", get(subscriptions))
+        .route(
+            "/admin/subscriptions",
+            get(subscriptions).layer(middleware::from_fn_with_state(runtime.clone(), nodes::from_every_node)),
+        )
         .route("/admin/subscriptions/{name}/reset", post(reset))
         .route("/admin/dead-letters", get(dead_letters))
         .route("/admin/dead-letters/{id}/replay", post(replay))
         .route("/admin/faults", get(faults))
         .route("/admin/faults/{name}", put(set_fault).delete(clear_fault))
         .route("/admin/links", get(links))
-        .route_layer(middleware::from_fn_with_state(runtime.clone(), to_its_node))
+        .route_layer(middleware::from_fn_with_state(runtime.clone(), nodes::to_its_node))
         .route_layer(middleware::from_fn_with_state((runtime, gateway), authorize))
 }
 
@@ -77,49 +83,6 @@ async fn authorize(
         Err(refused) => refused.into_response(),
     }
 }
-
-/// An action on a component that runs on another node (deploy, rollback,
-/// stop, start, reset) goes to that node.
-async fn to_its_node(State(runtime): State<Arc<Runtime>>, request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_string();
-    let component = path
-        .strip_prefix("/admin/components/")
-        .or_else(|| path.strip_prefix("/admin/subscriptions/"))
-        .and_then(|rest| rest.split('/').next());
-    let remote = component.and_then(|name| Some((name, runtime.config.remote(name)?)));
-    let (Some((name, (node_name, node))), Some(peers), None) =
-        (remote, &runtime.peers, request.extensions().get::<FromPeer>())
-    else {
-        return next.run(request).await;
-    };
-    let request_id = uuid::Uuid::now_v7().to_string();
-    let to = Forwarded {
-        component: name,
-        node_name,
-        node,
-        request_id: &request_id,
-        timeout: FORWARD_TIMEOUT,
-        max_response_bytes: MAX_COMPONENT_BYTES,
-    };
-    tracing::info!(component = name, node = node_name, path = %path, "passing the admin request to the component's node");
-    let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_COMPONENT_BYTES).await {
-        Ok(body) => body,
-        Err(_) => {
-            return ApiError::TooLarge {
-                limit: MAX_COMPONENT_BYTES,
-            }
-            .into_response();
-        }
-    };
-    forward(peers, &to, &parts, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
-}
-
-/// How long another node may take over an admin action (a deploy compiles
-/// and migrates).
-const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A component announced larger than an upload may be, by a client that
 /// waits for "100 Continue", gets the 413 instead, before it sends the
