@@ -180,9 +180,10 @@ pub struct RemoteCallee {
     /// `{node}/_cluster/interfaces/{callee}?interface=...`.
     types: String,
     link: Link,
-    /// Per function the caller imports: its signature, and the type of
-    /// its result (to decode the answer with).
-    functions: BTreeMap<String, (String, Type)>,
+    /// The signature of every function the caller imports.
+    signatures: BTreeMap<String, String>,
+    /// The type of each one's result, to decode the answer with.
+    results: BTreeMap<String, Type>,
 }
 
 /// Why the callee's node did not confirm the interface.
@@ -204,18 +205,22 @@ impl RemoteCallee {
         link: &Link,
         imported: &[(String, ComponentFunc)],
     ) -> anyhow::Result<RemoteCallee> {
-        let mut functions = BTreeMap::new();
-        for (name, func) in imported {
-            let signature = signature(func).with_context(|| format!("function `{name}`"))?;
-            let result = func.results().next().context("a linked function returns a result")?;
-            functions.insert(name.clone(), (signature, result));
-        }
+        let results = imported
+            .iter()
+            .map(|(name, func)| {
+                Ok((
+                    name.clone(),
+                    func.results().next().context("a linked function returns a result")?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(RemoteCallee {
             peers,
             calls: format!("{}/_cluster/calls/{}", node.base(), link.to),
             types: format!("{}/_cluster/interfaces/{}", node.base(), link.to),
             link: link.clone(),
-            functions,
+            signatures: signatures(imported)?,
+            results,
         })
     }
 
@@ -248,32 +253,26 @@ impl RemoteCallee {
             return Err(unreachable(anyhow!("it answered {status}")));
         }
         let offered: InterfaceTypes = response.json().await.map_err(|err| unreachable(err.into()))?;
-        for (function, (wanted, _)) in &self.functions {
-            match offered.functions.get(function) {
-                Some(served) if served == wanted => {}
-                Some(served) => {
-                    return Err(Unverified::Mismatch(format!(
-                        "link {} -> {}: function `{function}` is `{served}` on the node of `{}`, \
-                         but `{}` expects `{wanted}`",
-                        self.link.from, self.link.to, self.link.to, self.link.from
-                    )));
-                }
-                None => {
-                    return Err(Unverified::Mismatch(format!(
-                        "link {} -> {}: `{}` does not export function `{function}`",
-                        self.link.from, self.link.to, self.link.to
-                    )));
-                }
-            }
+        let (from, to) = (&self.link.from, &self.link.to);
+        match first_difference(&self.signatures, &offered.functions) {
+            None => Ok(()),
+            Some((function, wanted, Some(served))) => Err(Unverified::Mismatch(format!(
+                "link {from} -> {to}: function `{function}` is `{served}` on the node of `{to}`, \
+                 but `{from}` expects `{wanted}`"
+            ))),
+            Some((function, _, None)) => Err(Unverified::Mismatch(format!(
+                "link {from} -> {to}: `{to}` does not export function `{function}`"
+            ))),
         }
-        Ok(())
     }
 }
 
 #[async_trait]
 impl Callee for RemoteCallee {
     async fn call(&self, function: &str, params: &[Val], request_id: Option<String>) -> anyhow::Result<Val> {
-        let (signature, result_type) = self.functions.get(function).context("function not imported")?;
+        let (Some(signature), Some(result_type)) = (self.signatures.get(function), self.results.get(function)) else {
+            bail!("function `{function}` is not imported");
+        };
         let call = CallRequest {
             interface: self.link.interface.clone(),
             function: function.to_string(),
@@ -384,15 +383,26 @@ pub fn check_same_export(
 ) -> anyhow::Result<()> {
     let before = signatures(&super::exported(engine, running, interface)?)?;
     let after = signatures(&super::exported(engine, new, interface).context("callers on other nodes use it")?)?;
-    for (function, signature) in &before {
-        match after.get(function) {
-            Some(new) if new == signature => {}
-            Some(new) => bail!(
-                "it changes `{function}` of `{interface}` from `{signature}` to `{new}`, \
-                 which callers on other nodes use"
-            ),
-            None => bail!("it drops `{function}` of `{interface}`, which callers on other nodes use"),
-        }
+    match first_difference(&before, &after) {
+        None => Ok(()),
+        Some((function, signature, Some(new))) => bail!(
+            "it changes `{function}` of `{interface}` from `{signature}` to `{new}`, \
+             which callers on other nodes use"
+        ),
+        Some((function, _, None)) => bail!("it drops `{function}` of `{interface}`, which callers on other nodes use"),
     }
-    Ok(())
+}
+
+/// The first function of `wanted` that `offered` lacks or types otherwise:
+/// its name, its wanted signature, and the offered one if any.
+fn first_difference<'a>(
+    wanted: &'a BTreeMap<String, String>,
+    offered: &'a BTreeMap<String, String>,
+) -> Option<(&'a str, &'a str, Option<&'a str>)> {
+    wanted
+        .iter()
+        .find_map(|(function, signature)| match offered.get(function) {
+            Some(served) if served == signature => None,
+            served => Some((function.as_str(), signature.as_str(), served.map(String::as_str))),
+        })
 }
